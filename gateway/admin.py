@@ -1,0 +1,71 @@
+"""The admin port: health, readiness, metrics and token status, for probes and people.
+
+It listens separately from the proxy so Prometheus and kubelet never compete with callers, and
+it keeps answering during a drain (readiness says ``draining``) until the process exits.
+Nothing here returns a token or a secret.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.metrics import Metrics
+from gateway.tokens import TokenSource
+
+
+class Lifecycle(Protocol):
+    @property
+    def draining(self) -> bool: ...
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+TOKENS: web.AppKey[TokenSource] = web.AppKey("tokens", TokenSource)
+LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Answering at all proves the process and its event loop are alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[LIFECYCLE].draining:
+        return web.json_response({"ready": False, "reason": "draining"}, status=503)
+    tokens = request.app[TOKENS]
+    if not tokens.has_usable_token():
+        # Until the token work adds a background refresher, the probe itself keeps the
+        # token warm: one shared fetch, however many probes arrive.
+        try:
+            await tokens.refresh()
+        except Exception:  # noqa: BLE001 - any failure means "not ready", reported below
+            reason = tokens.last_error or "no usable access token"
+            return web.json_response(
+                {"ready": False, "reason": f"no usable access token: {reason}"}, status=503
+            )
+    return web.json_response({"ready": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def token(request: web.Request) -> web.Response:
+    return web.json_response(request.app[TOKENS].status())
+
+
+def build_admin_app(
+    metrics_: Metrics, tokens: TokenSource, lifecycle: Lifecycle
+) -> web.Application:
+    app = web.Application()
+    app[METRICS] = metrics_
+    app[TOKENS] = tokens
+    app[LIFECYCLE] = lifecycle
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/token", token)
+    return app

@@ -1,0 +1,239 @@
+"""Assemble a running gateway (and, for the sandbox environment, its simulator) and run it.
+
+:class:`Gateway` owns everything one gateway holds (sessions, token source, metrics registry,
+listeners), so two gateways can run in one process, as the tests do. :func:`serve` is the
+``exact-gateway serve`` command: start, wait for SIGTERM or SIGINT, drain, exit.
+
+Shutdown order (shared/product.md, "Lifecycle"): readiness turns false at once; the proxy
+keeps accepting for ``SHUTDOWN_GRACE_SECONDS`` (Kubernetes needs a moment to take the pod out
+of its endpoints); then the listener closes and in-flight requests get up to
+``DRAIN_SECONDS`` to finish; the admin port answers until the very end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway import __version__
+from gateway.admin import build_admin_app
+from gateway.metrics import Metrics, build_metrics
+from gateway.proxy import Proxy
+from gateway.settings import Environment, SandboxServerSettings, Settings
+from gateway.tokens import TokenConfig, TokenSource
+from gateway.upstream import Upstream, build_session
+
+log = logging.getLogger("exact_gateway.app")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free one (tests read it back)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
+
+
+class Gateway:
+    """One gateway: proxy and admin listeners, the upstream pool and the token source."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics: Metrics = build_metrics(settings.environment.value, registry)
+        self._draining = False
+        self._runners: list[web.BaseRunner] = []
+        self._sessions: list[aiohttp.ClientSession] = []
+        self.proxy_port = 0
+        self.admin_port = 0
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def start(self) -> None:
+        settings = self.settings
+        api_url = settings.resolved_api_url()
+        api_session = build_session(
+            connect_timeout=settings.connect_timeout_seconds,
+            attempt_timeout=settings.attempt_timeout_seconds,
+        )
+        # The identity server gets a session of its own: ordinary client defaults, and its
+        # slowness never queues behind API traffic.
+        identity_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self._sessions = [api_session, identity_session]
+        self.tokens = TokenSource(
+            TokenConfig(
+                client_id=settings.client_id or "",
+                client_secret=settings.client_secret,
+                client_secret_file=settings.client_secret_file,
+                scopes=settings.scopes,
+                authority_url=settings.resolved_authority_url(),
+                token_url=settings.token_url,
+                timeout=settings.token_timeout_seconds,
+            ),
+            identity_session,
+            self.metrics,
+        )
+        self.proxy = Proxy(
+            Upstream(api_session, api_url, settings.attempt_timeout_seconds),
+            self.tokens,
+            self.metrics,
+        )
+
+        admin = web.AppRunner(
+            build_admin_app(self.metrics, self.tokens, self), access_log=None, shutdown_timeout=1
+        )
+        proxy = web.ServerRunner(
+            web.Server(self.proxy, access_log=None),
+            shutdown_timeout=settings.drain_seconds,
+        )
+        for runner in (admin, proxy):
+            await runner.setup()
+            self._runners.append(runner)
+        admin_sock = listen(settings.admin_host, settings.admin_port)
+        proxy_sock = listen(settings.host, settings.port)
+        self.admin_port = admin_sock.getsockname()[1]
+        self.proxy_port = proxy_sock.getsockname()[1]
+        await web.SockSite(admin, admin_sock).start()
+        await web.SockSite(proxy, proxy_sock).start()
+        log.info(
+            "listening",
+            extra={
+                "fields": {
+                    "event": "start",
+                    "version": __version__,
+                    "environment": settings.environment.value,
+                    "api_url": api_url,
+                    "proxy": f"{settings.host}:{self.proxy_port}",
+                    "admin": f"{settings.admin_host}:{self.admin_port}",
+                }
+            },
+        )
+
+    async def warm_up(self) -> bool:
+        """Obtain the first token so the first callers do not wait for it."""
+        try:
+            await self.tokens.refresh()
+        except Exception:  # noqa: BLE001 - reported by the token source and by /readyz
+            return False
+        log.info("ready", extra={"fields": {"event": "ready"}})
+        return True
+
+    async def shutdown(self) -> None:
+        """Drain and stop (see the module docstring for the order)."""
+        self._draining = True
+        log.info(
+            "draining",
+            extra={"fields": {"event": "drain", "inflight": self.proxy.inflight}},
+        )
+        await asyncio.sleep(self.settings.shutdown_grace_seconds)
+        admin, proxy = self._runners
+        # Closes the listener, then waits up to DRAIN_SECONDS for in-flight handlers.
+        await proxy.cleanup()
+        for session in self._sessions:
+            await session.close()
+        await admin.cleanup()
+        self._runners.clear()
+        log.info("stopped", extra={"fields": {"event": "stop"}})
+
+
+@dataclass
+class SandboxServer:
+    """The simulator on its own loopback listener, for ``serve --environment sandbox``."""
+
+    runner: web.AppRunner
+    url: str
+
+    @classmethod
+    async def start(cls, host: str, port: int, token_lifetime: int) -> SandboxServer:
+        from gateway.sandbox import SandboxConfig, build_sandbox_app  # noqa: PLC0415 - optional
+
+        runner = web.AppRunner(
+            build_sandbox_app(SandboxConfig(token_lifetime_s=token_lifetime)), access_log=None
+        )
+        await runner.setup()
+        sock = listen(host, port)
+        await web.SockSite(runner, sock).start()
+        bound_host, bound_port = sock.getsockname()[:2]
+        return cls(runner, f"http://{bound_host}:{bound_port}")
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def with_sandbox_defaults(settings: Settings, api_url: str | None = None) -> Settings:
+    """Fill in the sandbox's demo credentials and scopes where none were configured."""
+    from gateway.sandbox import ALL_SCOPES, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET  # noqa: PLC0415
+
+    update: dict[str, object] = {}
+    if api_url is not None:
+        update["api_url"] = api_url
+    if settings.client_id is None:
+        update["client_id"] = DEMO_CLIENT_ID
+    if settings.client_secret is None and settings.client_secret_file is None:
+        from pydantic import SecretStr  # noqa: PLC0415
+
+        update["client_secret"] = SecretStr(DEMO_CLIENT_SECRET)
+    if not settings.scopes:
+        update["scopes"] = ALL_SCOPES
+    return settings.model_copy(update=update)
+
+
+@contextlib.asynccontextmanager
+async def sandbox_for(settings: Settings) -> AsyncIterator[Settings]:
+    """Yield settings ready to use, with an in-process sandbox running if they ask for one."""
+    if settings.environment is not Environment.SANDBOX:
+        yield settings
+        return
+    if not settings.uses_inprocess_sandbox:
+        yield with_sandbox_defaults(settings)
+        return
+    sandbox = await SandboxServer.start("127.0.0.1", 0, settings.sandbox_token_lifetime_seconds)
+    log.warning(
+        "SANDBOX MODE: every answer comes from the built-in EXACT simulator; the data is"
+        " simulated and no real practice is contacted",
+        extra={"fields": {"event": "sandbox", "sandbox_url": sandbox.url}},
+    )
+    try:
+        yield with_sandbox_defaults(settings, sandbox.url)
+    finally:
+        await sandbox.stop()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return."""
+    async with sandbox_for(settings) as effective:
+        gateway = Gateway(effective)
+        await gateway.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        warm = asyncio.create_task(gateway.warm_up())
+        await stop.wait()
+        warm.cancel()
+        await gateway.shutdown()
+
+
+async def run_sandbox(settings: SandboxServerSettings) -> None:
+    """``exact-gateway sandbox``: the simulator alone, until SIGTERM or SIGINT."""
+    sandbox = await SandboxServer.start(
+        settings.host, settings.port, settings.token_lifetime_seconds
+    )
+    log.warning(
+        "EXACT sandbox listening: simulated data, demo client id and secret in the README",
+        extra={"fields": {"event": "sandbox", "sandbox_url": sandbox.url}},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await sandbox.stop()

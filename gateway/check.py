@@ -1,0 +1,133 @@
+"""``exact-gateway check``: prove the configuration works, end to end, and say why if not.
+
+It validates the settings, obtains a token exactly as the gateway would, and calls
+ListActiveSubscriptions. The report is for a person at a terminal; the exit code is for
+scripts: 0 everything works, 2 a configuration problem (bad setting, credentials or scopes
+refused), 1 something could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.app import sandbox_for
+from gateway.errors import ConfigError, GatewayError
+from gateway.metrics import build_metrics
+from gateway.settings import Settings
+from gateway.tokens import CredentialsRejected, TokenConfig, TokenEndpointError, TokenSource
+from gateway.upstream import Upstream, build_session, request_headers
+
+OK, CONFIG_PROBLEM, UNREACHABLE = 0, 2, 1
+SUBSCRIPTIONS = "/v1/Subscriptions/active"
+
+
+@dataclass
+class Report:
+    write: Callable[[str], None]
+    code: int = OK
+    lines: list[str] = field(default_factory=list)
+
+    def ok(self, what: str, detail: str) -> None:
+        self.write(f"  [ok]   {what}: {detail}")
+
+    def fail(self, what: str, detail: str, code: int) -> None:
+        self.write(f"  [FAIL] {what}: {detail}")
+        self.code = max(self.code, code)
+
+
+async def run_check(settings: Settings, write: Callable[[str], None]) -> int:
+    write(f"exact-gateway check ({settings.environment.value})")
+    async with sandbox_for(settings) as effective:
+        return await _check(effective, Report(write))
+
+
+async def _check(settings: Settings, report: Report) -> int:
+    api_url = settings.resolved_api_url()
+    authority = settings.resolved_authority_url()
+    report.ok("configuration", f"API {api_url}, identity server {authority}")
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as identity,
+        build_session(
+            connect_timeout=settings.connect_timeout_seconds,
+            attempt_timeout=settings.attempt_timeout_seconds,
+        ) as api,
+    ):
+        tokens = TokenSource(
+            TokenConfig(
+                client_id=settings.client_id or "",
+                client_secret=settings.client_secret,
+                client_secret_file=settings.client_secret_file,
+                scopes=settings.scopes,
+                authority_url=authority,
+                token_url=settings.token_url,
+                timeout=settings.token_timeout_seconds,
+            ),
+            identity,
+            build_metrics(settings.environment.value),
+        )
+        try:
+            token = await tokens.refresh()
+        except CredentialsRejected as exc:
+            report.fail(
+                "token",
+                f"{exc}. Check CLIENT_ID, the secret and SCOPES for this environment",
+                CONFIG_PROBLEM,
+            )
+            return report.code
+        except ConfigError as exc:
+            report.fail("token", str(exc), CONFIG_PROBLEM)
+            return report.code
+        except TokenEndpointError as exc:
+            report.fail("identity server", str(exc), UNREACHABLE)
+            return report.code
+        report.ok("identity server", f"token endpoint {tokens.token_endpoint}")
+        report.ok(
+            "token",
+            f"obtained for client {settings.client_id}, valid for {int(token.lifetime)} s,"
+            f" scopes: {' '.join(settings.scopes)}",
+        )
+        await _check_subscriptions(
+            Upstream(api, api_url, settings.attempt_timeout_seconds), token.value, report
+        )
+    report.write("result: everything works" if report.code == OK else "result: NOT working")
+    return report.code
+
+
+async def _check_subscriptions(upstream: Upstream, token: str, report: Report) -> None:
+    headers = request_headers(CIMultiDictProxy(CIMultiDict()), token, "exact-gateway-check")
+    headers["Accept"] = "application/json"
+    try:
+        response = await upstream.send("GET", SUBSCRIPTIONS, headers, None)
+    except GatewayError as exc:
+        report.fail("ListActiveSubscriptions", exc.detail, UNREACHABLE)
+        return
+    async with response:
+        text = await response.text()
+    if response.status == 200:
+        try:
+            practices = json.loads(text)
+        except ValueError:
+            practices = None
+        if isinstance(practices, list):
+            shown = ", ".join(str(p) for p in practices[:10])
+            more = f" and {len(practices) - 10} more" if len(practices) > 10 else ""
+            report.ok(
+                "ListActiveSubscriptions",
+                f"{len(practices)} practice(s) subscribed: {shown}{more}",
+            )
+            return
+        report.fail("ListActiveSubscriptions", "answered 200 with an unexpected body", UNREACHABLE)
+    elif response.status in {401, 403}:
+        report.fail(
+            "ListActiveSubscriptions",
+            f"refused with HTTP {response.status}: the token may lack the"
+            " productsubscription.get scope",
+            CONFIG_PROBLEM,
+        )
+    else:
+        report.fail("ListActiveSubscriptions", f"answered HTTP {response.status}", UNREACHABLE)

@@ -1,0 +1,93 @@
+"""The one error tree of exact-gateway.
+
+Every error the gateway itself answers with is a :class:`GatewayError`; each class knows its
+HTTP status and its ``reason`` (also the ``X-Gateway-Error`` header, the metric label and the
+log field). Foreign exceptions (aiohttp, timeouts) are translated into this tree at the single
+upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gateway.tokens`.
+
+::
+
+    Exception
+    ├── ConfigError                      bad settings or refused credentials: stop at start-up
+    └── GatewayError                     answered to the caller as problem+json
+        ├── BadRequest                   400 bad_request: not a request we will forward
+        ├── TokenUnavailable             503 token_unavailable: no usable bearer token
+        ├── UpstreamUnreachable          502 upstream_unreachable: the EXACT host is not reachable
+        └── UpstreamTimeout              504 upstream_timeout: EXACT did not answer in time
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+
+class ConfigError(Exception):
+    """Configuration the gateway cannot run with. The message names the setting, never a secret."""
+
+
+class GatewayError(Exception):
+    """An error answered by the gateway itself (not passed through from EXACT)."""
+
+    status: ClassVar[int] = 500
+    reason: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Gateway error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        practice_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.practice_id = practice_id
+        self.retry_after = retry_after
+
+    @property
+    def retry_after_header(self) -> str | None:
+        """``Retry-After`` in whole seconds, rounded up (never 0 for a positive wait)."""
+        if self.retry_after is None:
+            return None
+        return str(max(0, math.ceil(self.retry_after)))
+
+    def problem(self, request_id: str) -> dict[str, Any]:
+        """The RFC 9457 problem document for this error."""
+        body: dict[str, Any] = {
+            "type": f"urn:exact-gateway:error:{self.reason}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "reason": self.reason,
+            "request_id": request_id,
+        }
+        if self.practice_id is not None:
+            body["practice_id"] = self.practice_id
+        if self.retry_after_header is not None:
+            body["retry_after"] = int(self.retry_after_header)
+        return body
+
+
+class BadRequest(GatewayError):
+    status = 400
+    reason = "bad_request"
+    title = "Request refused by the gateway"
+
+
+class TokenUnavailable(GatewayError):
+    status = 503
+    reason = "token_unavailable"
+    title = "No access token available"
+
+
+class UpstreamUnreachable(GatewayError):
+    status = 502
+    reason = "upstream_unreachable"
+    title = "The EXACT API could not be reached"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    reason = "upstream_timeout"
+    title = "The EXACT API did not answer in time"

@@ -1,0 +1,121 @@
+"""Prometheus metrics, built by a factory into a registry the app owns (never the global one).
+
+Labels are bounded and PHI-free by construction: methods outside a fixed set become
+``other``, routes are templates from :mod:`gateway.routes`, statuses are numbers or a gateway
+reason. A practice id never appears here except where the contract allows it (non-closed
+breakers, added with the resilience work).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from gateway import __version__
+
+NAMESPACE = "exact_gateway"
+# Callers see retries and backoff inside one request, so their buckets reach the deadline.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    request_duration: Histogram
+    inflight: Gauge
+    upstream_attempts: Counter
+    upstream_attempt_duration: Histogram
+    token_requests: Counter
+    token_request_duration: Histogram
+    token_expiry: Gauge
+
+
+def build_metrics(environment: str, registry: CollectorRegistry | None = None) -> Metrics:
+    """Create every metric family in a fresh registry (or the one given)."""
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+    build_info = Gauge(
+        "build_info",
+        "Version of the running gateway; always 1.",
+        ["version", "python_version", "environment"],
+        namespace=NAMESPACE,
+        registry=registry,
+    )
+    build_info.labels(__version__, platform.python_version(), environment).set(1)
+
+    return Metrics(
+        registry=registry,
+        requests=Counter(
+            "requests_total",
+            "Requests answered to callers, by method, route template and status code.",
+            ["method", "route", "status_code"],
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        request_duration=Histogram(
+            "request_duration_seconds",
+            "Time callers waited for the response headers, retries included.",
+            ["method", "route", "status_code"],
+            buckets=REQUEST_BUCKETS,
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        inflight=Gauge(
+            "inflight_requests",
+            "Caller requests being handled right now.",
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        upstream_attempts=Counter(
+            "upstream_attempts_total",
+            "Attempts sent to the EXACT API, by route template and outcome"
+            " (status code, or a gateway reason when no answer came).",
+            ["route", "outcome"],
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        upstream_attempt_duration=Histogram(
+            "upstream_attempt_duration_seconds",
+            "Time from sending an attempt to its response headers.",
+            ["route"],
+            buckets=ATTEMPT_BUCKETS,
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        token_requests=Counter(
+            "token_requests_total",
+            "Requests to the identity server's token endpoint, by result.",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        token_request_duration=Histogram(
+            "token_request_duration_seconds",
+            "Duration of token endpoint requests.",
+            buckets=TOKEN_BUCKETS,
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        token_expiry=Gauge(
+            "token_expiry_timestamp_seconds",
+            "Unix time at which the current access token expires (0 when none is held).",
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+    )

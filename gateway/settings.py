@@ -1,0 +1,274 @@
+"""Settings: parsed once at start-up, validated, frozen, then passed down.
+
+This is the only module that reads the process environment. Sources, highest priority first:
+command-line flags (passed in as keyword arguments), environment variables prefixed
+``EXACT_GATEWAY_``, a ``.env`` file in the working directory, the TOML file named by
+``EXACT_GATEWAY_CONFIG_FILE``, then the defaults below. Bad configuration raises
+:class:`ConfigError` with one message naming the variable and what it accepts, and never
+echoes the value (it might be the secret).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from yarl import URL
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "EXACT_GATEWAY_"
+CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
+
+
+class Environment(StrEnum):
+    """The EXACT environments. QA and production share nothing, not even the identity server."""
+
+    QA = "qa"
+    PRODUCTION = "production"
+    SANDBOX = "sandbox"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+# The real hosts, from the vendor's documentation (shared/exact-api.md section 1.1).
+ENVIRONMENT_URLS: dict[Environment, tuple[str, str]] = {
+    Environment.QA: (
+        "https://qa-api.ex.softwareofexcellence.com",
+        "https://qa-auth.softwareofexcellence.com",
+    ),
+    Environment.PRODUCTION: (
+        "https://api.ex.softwareofexcellence.com",
+        "https://auth.softwareofexcellence.com",
+    ),
+}
+
+_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token characters
+
+
+def _base_url(value: str | None) -> str | None:
+    """Validate an absolute http(s) base URL and drop a trailing slash (paths are appended)."""
+    if value is None or value == "":
+        return None
+    url = URL(value)
+    if url.scheme not in {"http", "https"} or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if url.query_string or url.fragment or url.user or url.password:
+        raise ValueError("must not carry credentials, a query or a fragment")
+    return str(url).rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told. Field names map to ``EXACT_GATEWAY_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    environment: Environment
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    scopes: Annotated[tuple[str, ...], NoDecode] = ()
+    api_url: str | None = None
+    authority_url: str | None = None
+    token_url: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8480, ge=0, le=65535)
+    admin_host: str = "0.0.0.0"
+    admin_port: int = Field(default=8481, ge=0, le=65535)
+    log_level: LogLevel = LogLevel.INFO
+    log_format: LogFormat = LogFormat.JSON
+
+    # Time limits. Per-request deadlines grow into a full policy with the resilience work.
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    attempt_timeout_seconds: float = Field(default=30.0, gt=0)
+    token_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Lifecycle (see README "Shutdown"): drain stays below Kubernetes' default 30 s grace.
+    shutdown_grace_seconds: float = Field(default=2.0, ge=0)
+    drain_seconds: float = Field(default=20.0, ge=0)
+
+    # The sandbox started in-process by `serve --environment sandbox` / `check`.
+    sandbox_token_lifetime_seconds: int = Field(default=3600, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ConfigError(f"{CONFIG_FILE_VARIABLE}: no such file: {config_file}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if isinstance(value, list | tuple):
+            for scope in value:
+                if not isinstance(scope, str) or not _SCOPE.match(scope):
+                    raise ValueError("each scope must be a plain scope name like practice.get")
+            return tuple(dict.fromkeys(value))  # de-duplicated, order kept
+        return value
+
+    @field_validator("api_url", "authority_url", "token_url", mode="before")
+    @classmethod
+    def _check_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _base_url(value.strip())
+        return value
+
+    @field_validator("client_id", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() or None if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> Settings:
+        if self.client_secret is not None and self.client_secret_file is not None:
+            raise ValueError(
+                "set CLIENT_SECRET or CLIENT_SECRET_FILE, not both"
+                " (a mounted secret file is preferred: it can be rotated without a restart)"
+            )
+        if self.environment is Environment.SANDBOX:
+            return self
+        missing = [
+            name
+            for name, present in (
+                ("CLIENT_ID", self.client_id),
+                (
+                    "CLIENT_SECRET or CLIENT_SECRET_FILE",
+                    self.client_secret or self.client_secret_file,
+                ),
+                ("SCOPES", self.scopes),
+            )
+            if not present
+        ]
+        if missing:
+            raise ValueError(
+                f"{ENV_PREFIX}{', '.join(missing)} required when ENVIRONMENT is"
+                f" {self.environment.value}"
+            )
+        if self.client_secret_file is not None and not self.client_secret_file.is_file():
+            raise ValueError(
+                f"{ENV_PREFIX}CLIENT_SECRET_FILE: {self.client_secret_file} is not a readable file"
+            )
+        return self
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def uses_inprocess_sandbox(self) -> bool:
+        """The sandbox environment without an explicit API_URL runs the simulator in-process."""
+        return self.environment is Environment.SANDBOX and self.api_url is None
+
+    def resolved_api_url(self) -> str:
+        if self.api_url is not None:
+            return self.api_url
+        if self.environment is Environment.SANDBOX:
+            raise ConfigError(f"{ENV_PREFIX}API_URL: not known until the sandbox is started")
+        return ENVIRONMENT_URLS[self.environment][0]
+
+    def resolved_authority_url(self) -> str:
+        if self.authority_url is not None:
+            return self.authority_url
+        if self.environment is Environment.SANDBOX:
+            # The sandbox serves its identity server on the same origin as its API.
+            return self.resolved_api_url()
+        return ENVIRONMENT_URLS[self.environment][1]
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line for one pydantic error, naming the variable and never echoing the input."""
+    location = [str(part) for part in error.get("loc", ()) if part != "__root__"]
+    variable = f"{ENV_PREFIX}{'__'.join(location).upper()}" if location else ""
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        message = "required"
+    if error.get("type") == "enum":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"must be one of {expected}"
+    if variable and location[0] == "environment" and error.get("type") == "missing":
+        message = "required; choose one of 'qa', 'production' or 'sandbox'"
+    return f"{variable}: {message}" if variable else message
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from every source, or raise one readable :class:`ConfigError`."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        lines = [_describe(dict(error)) for error in exc.errors(include_input=False)]
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
+
+
+class SandboxServerSettings(BaseSettings):
+    """Settings of the standalone ``exact-gateway sandbox`` command."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=f"{ENV_PREFIX}SANDBOX_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8482, ge=0, le=65535)
+    token_lifetime_seconds: int = Field(default=3600, ge=1)
+
+
+def load_sandbox_settings(**overrides: Any) -> SandboxServerSettings:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return SandboxServerSettings(**given)
+    except ValidationError as exc:
+        lines = [
+            _describe(dict(error)).replace(ENV_PREFIX, f"{ENV_PREFIX}SANDBOX_", 1)
+            for error in exc.errors(include_input=False)
+        ]
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None

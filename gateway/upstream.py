@@ -1,0 +1,158 @@
+"""The boundary to the EXACT API: one pooled client, header hygiene, and error translation.
+
+Every call to the API goes through :meth:`Upstream.send`, the one place where aiohttp's
+exceptions become the gateway's own (:mod:`gateway.errors`). The session is built for a
+proxy's hot path: keep-alive pooling with no connection cap below the gateway's own limits,
+no cookie jar (a shared proxy must never carry one caller's cookies to another), no automatic
+decompression (bytes pass through as EXACT sent them), no redirects followed, and no headers
+added that the caller did not send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+
+# RFC 9110 section 7.6.1 hop-by-hop fields, plus the legacy ones proxies still meet.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
+# Request headers a caller must not choose: who we are (Authorization), where the request
+# goes (Host, and the rewrite/override headers that IIS and ASP.NET honour), and the gateway's
+# own controls.
+CALLER_MUST_NOT_SET = frozenset(
+    {
+        "host",
+        "authorization",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-forwarded-host",
+        "x-gateway-timeout",
+    }
+)
+API_VERSION_HEADER = "x-api-version"
+DEFAULT_API_VERSION = "1.0"
+
+
+def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names listed in ``Connection``: hop-by-hop by declaration (RFC 9110 7.6.1)."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+    )
+
+
+def _is_hop_by_hop(name: str, declared: frozenset[str]) -> bool:
+    return name in HOP_BY_HOP or name.startswith("proxy-") or name in declared
+
+
+def request_headers(
+    incoming: CIMultiDictProxy[str], token: str, request_id: str
+) -> CIMultiDict[str]:
+    """Headers to send upstream: the caller's end-to-end headers and the gateway's own."""
+    declared = _connection_named(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in CALLER_MUST_NOT_SET or _is_hop_by_hop(lower, declared):
+            continue
+        out.add(name, value)
+    out["Authorization"] = f"Bearer {token}"
+    out["X-Request-ID"] = request_id
+    if API_VERSION_HEADER not in out:
+        out[API_VERSION_HEADER] = DEFAULT_API_VERSION
+    return out
+
+
+def response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """Headers to return to the caller: EXACT's end-to-end headers and our request id."""
+    declared = _connection_named(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if not _is_hop_by_hop(name.lower(), declared):
+            out.add(name, value)
+    out["X-Request-ID"] = request_id
+    return out
+
+
+def build_session(*, connect_timeout: float, attempt_timeout: float) -> aiohttp.ClientSession:
+    """The one pooled session to the EXACT API for the life of the gateway."""
+    connector = aiohttp.TCPConnector(
+        # 0 = no cap: the connection pool must not limit concurrency below the gateway's own
+        # global limit (shared/product.md, "Concurrency defaults").
+        limit=0,
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=30,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        # aiohttp would otherwise add Accept-Encoding (and then EXACT might compress for a
+        # caller that never asked) and its own User-Agent and Content-Type.
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=attempt_timeout
+        ),
+        trust_env=False,
+        raise_for_status=False,
+    )
+
+
+class Upstream:
+    """Sends attempts to the EXACT API and translates its failures."""
+
+    def __init__(self, session: aiohttp.ClientSession, api_url: str, attempt_timeout: float):
+        self._session = session
+        self._api_url = api_url
+        self._attempt_timeout = attempt_timeout
+
+    async def send(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: aiohttp.StreamReader | None,
+    ) -> aiohttp.ClientResponse:
+        """Send one attempt and return once EXACT's response headers have arrived.
+
+        ``target`` is the caller's origin-form path and query, appended byte for byte to the
+        API URL (``encoded=True``: no re-quoting, so what EXACT sees is what the caller sent).
+        """
+        url = URL(self._api_url + target, encoded=True)
+        try:
+            async with asyncio.timeout(self._attempt_timeout):
+                return await self._session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(
+                "the EXACT API did not answer within the attempt time-out"
+            ) from None
+        except aiohttp.ClientConnectorError:
+            # Covers DNS, refused connections and TLS/certificate failures.
+            raise UpstreamUnreachable("could not connect to the EXACT API") from None
+        except aiohttp.ClientError as exc:
+            # Disconnects, malformed responses: no usable answer from the EXACT host.
+            raise UpstreamUnreachable(
+                f"the connection to the EXACT API failed ({type(exc).__name__})"
+            ) from None
