@@ -7,8 +7,11 @@ a fake built from a real aiohttp server, never a mock of our own code.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +26,17 @@ from gateway.app import Gateway
 from gateway.settings import Settings, load_settings
 
 CLIENT_ID = "test-client"
-CLIENT_SECRET = "s3cr3t-test-value-9f2c"  # noqa: S105 - a fake secret the log tests search for
+# A fake secret, distinctive so that log and metric searches can look for it.
+CLIENT_SECRET = "s3cr3t-test-value-9f2c"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never see the developer's EXACT_GATEWAY_* variables or a stray .env file."""
     for name in list(os.environ):
         if name.startswith("EXACT_GATEWAY_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    yield
 
 
 @dataclass
@@ -158,3 +161,80 @@ def proxy_url(gateway: Gateway, path: str) -> str:
 
 def admin_url(gateway: Gateway, path: str) -> str:
     return f"http://127.0.0.1:{gateway.admin_port}{path}"
+
+
+@dataclass
+class GatewayProcess:
+    """``python -m gateway`` in a child process; ports are read from its 'listening' log line."""
+
+    process: asyncio.subprocess.Process
+    proxy_port: int
+    admin_port: int
+    log_lines: list[str]
+    pump: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_kib(self, field_name: str = "VmRSS") -> int:
+        """Resident memory (VmRSS) or its peak (VmHWM) from /proc, in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1])
+        raise AssertionError(f"{field_name} not in /proc/{self.pid}/status")
+
+    async def _pump(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            self.log_lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    async def wait(self, timeout: float = 30) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+
+async def spawn_gateway(env: dict[str, str], *args: str) -> GatewayProcess:
+    """Start ``python -m gateway serve`` with ``env`` (EXACT_GATEWAY_* settings)."""
+    full_env = {key: value for key, value in os.environ.items()
+                if not key.startswith("EXACT_GATEWAY_")}
+    full_env.update({"EXACT_GATEWAY_PORT": "0", "EXACT_GATEWAY_ADMIN_PORT": "0",
+                     "EXACT_GATEWAY_ADMIN_HOST": "127.0.0.1"})
+    full_env.update(env)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", *args,
+        env=full_env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        raw = await asyncio.wait_for(process.stderr.readline(), max(remaining, 0.1))
+        if not raw:
+            raise AssertionError("gateway exited before listening:\n" + "\n".join(lines))
+        line = raw.decode(errors="replace").rstrip("\n")
+        lines.append(line)
+        if '"event":"start"' in line:
+            entry = json.loads(line)
+            break
+    child = GatewayProcess(
+        process,
+        int(entry["proxy"].rsplit(":", 1)[1]),
+        int(entry["admin"].rsplit(":", 1)[1]),
+        lines,
+    )
+    child.pump = asyncio.create_task(child._pump())
+    return child
+
+
+def process_env(upstream: ScriptedUpstream, **extra: str) -> dict[str, str]:
+    env = {
+        "EXACT_GATEWAY_ENVIRONMENT": "qa",
+        "EXACT_GATEWAY_API_URL": upstream.url,
+        "EXACT_GATEWAY_TOKEN_URL": f"{upstream.url}/connect/token",
+        "EXACT_GATEWAY_CLIENT_ID": CLIENT_ID,
+        "EXACT_GATEWAY_CLIENT_SECRET": CLIENT_SECRET,
+        "EXACT_GATEWAY_SCOPES": "practice.get,appointment.list",
+    }
+    env.update({f"EXACT_GATEWAY_{key.upper()}": value for key, value in extra.items()})
+    return env
