@@ -195,14 +195,26 @@ class GatewayProcess:
 
 async def spawn_gateway(env: dict[str, str], *args: str) -> GatewayProcess:
     """Start ``python -m gateway serve`` with ``env`` (EXACT_GATEWAY_* settings)."""
-    full_env = {key: value for key, value in os.environ.items()
-                if not key.startswith("EXACT_GATEWAY_")}
-    full_env.update({"EXACT_GATEWAY_PORT": "0", "EXACT_GATEWAY_ADMIN_PORT": "0",
-                     "EXACT_GATEWAY_ADMIN_HOST": "127.0.0.1"})
+    full_env = {
+        key: value for key, value in os.environ.items() if not key.startswith("EXACT_GATEWAY_")
+    }
+    full_env.update(
+        {
+            "EXACT_GATEWAY_PORT": "0",
+            "EXACT_GATEWAY_ADMIN_PORT": "0",
+            "EXACT_GATEWAY_ADMIN_HOST": "127.0.0.1",
+        }
+    )
     full_env.update(env)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", *args,
-        env=full_env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        *args,
+        env=full_env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
     lines: list[str] = []

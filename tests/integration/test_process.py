@@ -48,8 +48,10 @@ async def test_50_mb_response_streams_with_bounded_memory(upstream: ScriptedUpst
                     await asyncio.sleep(0)
             peak = child.rss_kib("VmHWM")
         grown_mib = (peak - before) / 1024
-        print(f"50 MB stream: RSS before {before / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB,"
-              f" growth {grown_mib:.1f} MiB")
+        print(
+            f"50 MB stream: RSS before {before / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB,"
+            f" growth {grown_mib:.1f} MiB"
+        )
         assert received == total
         assert grown_mib < 20
     finally:

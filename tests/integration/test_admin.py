@@ -1,0 +1,110 @@
+"""The admin port over real sockets: health, readiness, token status and metrics."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import Gateway
+from tests.conftest import (
+    CLIENT_SECRET,
+    GatewayFactory,
+    ScriptedUpstream,
+    admin_url,
+    gateway_settings,
+    proxy_url,
+)
+
+
+async def scrape(gateway: Gateway) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin_url(gateway, "/metrics")) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text = await resp.text()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+async def test_healthz(gateway: Gateway) -> None:
+    """/healthz answers while the process and its loop are alive."""
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin_url(gateway, "/healthz")) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"status": "ok"}
+
+
+async def test_readyz_ready_once_a_token_is_held(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    """/readyz is 200 with a usable token, and obtains one if none is held yet."""
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin_url(gateway, "/readyz")) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"ready": True}
+    assert len(upstream.tokens_issued) == 1
+
+
+async def test_readyz_not_ready_without_token(
+    upstream: ScriptedUpstream, start_gateway: GatewayFactory
+) -> None:
+    """Identity server unreachable: /readyz is 503 and says why."""
+    gateway = await start_gateway(
+        gateway_settings(upstream.url, token_url="http://127.0.0.1:9/connect/token")
+    )
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin_url(gateway, "/readyz")) as resp:
+            assert resp.status == 503
+            body = await resp.json()
+    assert body["ready"] is False
+    assert "token" in body["reason"]
+
+
+async def test_token_status_never_shows_token_or_secret(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    """/token reports timings and counts, never the token or the secret."""
+    async with aiohttp.ClientSession() as client:
+        await (await client.get(proxy_url(gateway, "/v1/Subscriptions/active"))).read()
+        async with client.get(admin_url(gateway, "/token")) as resp:
+            text = await resp.text()
+            status = await resp.json()
+    assert status["usable"] is True
+    assert status["refresh_count"] == 1
+    assert 3500 < status["expires_in_seconds"] <= 3600
+    assert upstream.tokens_issued[0] not in text
+    assert CLIENT_SECRET not in text
+
+
+async def test_metrics_count_what_callers_saw(gateway: Gateway, upstream: ScriptedUpstream) -> None:
+    """requests_total and the duration histogram carry method, route template and status."""
+    async with aiohttp.ClientSession() as client:
+        for _ in range(3):
+            await (
+                await client.get(
+                    proxy_url(gateway, "/v1/Practices/UKTEST1/Patients/abc-123?name=Smith")
+                )
+            ).read()
+        refused_url = aiohttp.client.URL(proxy_url(gateway, "/v1/Practices/%2e%2e/x"), encoded=True)
+        await (await client.get(refused_url)).read()
+    samples = await scrape(gateway)
+    route = "/v1/Practices/{practiceId}/Patients/{id}"
+    key = (("method", "GET"), ("route", route), ("status_code", "200"))
+    assert samples["exact_gateway_requests_total"][key] == 3
+    assert samples["exact_gateway_request_duration_seconds_count"][key] == 3
+    refused = (("method", "GET"), ("route", "other"), ("status_code", "400"))
+    assert samples["exact_gateway_requests_total"][refused] == 1
+    attempts = (("outcome", "200"), ("route", route))
+    assert samples["exact_gateway_upstream_attempts_total"][attempts] == 3
+    assert samples["exact_gateway_inflight_requests"][()] == 0
+    (build,) = samples["exact_gateway_build_info"]
+    assert dict(build)["environment"] == "qa"
+    assert samples["exact_gateway_token_requests_total"][(("result", "success"),)] == 1
+    assert samples["exact_gateway_token_expiry_timestamp_seconds"][()] > 0
+    text = repr(samples)
+    assert "abc-123" not in text
+    assert "Smith" not in text
+    assert "UKTEST1" not in text
