@@ -67,6 +67,8 @@ class ScriptedUpstream:
     seen: list[Seen] = field(default_factory=list)
     tokens_issued: list[str] = field(default_factory=list)
     token_lifetime: int = 3600
+    token_auth: list[str] = field(default_factory=list)  # Authorization headers received
+    refuse_credentials: bool = False
     record_bodies: bool = True
     _counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -75,12 +77,23 @@ class ScriptedUpstream:
         assert self.server is not None
         return str(self.server.make_url("")).rstrip("/")
 
+    async def _discovery(self, request: web.Request) -> web.Response:
+        # A non-standard token path: the gateway must use whatever discovery names.
+        return web.json_response(
+            {"issuer": self.url, "token_endpoint": f"{self.url}/oauth2/v2.0/token"}
+        )
+
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
-        if request.headers.get("Authorization") is None or form.get("grant_type") != (
-            "client_credentials"
+        self.token_auth.append(request.headers.get("Authorization", ""))
+        if (
+            self.refuse_credentials
+            or request.headers.get("Authorization") is None
+            or form.get("grant_type") != "client_credentials"
         ):
-            return web.json_response({"error": "invalid_client"}, status=400)
+            return web.json_response(
+                {"error": "invalid_client", "error_description": "bad secret"}, status=400
+            )
         token = f"upstream-token-{next(self._counter)}"
         self.tokens_issued.append(token)
         return web.json_response(
@@ -98,6 +111,8 @@ class ScriptedUpstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/connect/token", self._token)
+        app.router.add_post("/oauth2/v2.0/token", self._token)
+        app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_route("*", "/{tail:.*}", self._api)
         return app
 

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.settings import Environment, load_sandbox_settings, load_settings
+from gateway.settings import (
+    Environment,
+    SandboxServerSettings,
+    Settings,
+    load_sandbox_settings,
+    load_settings,
+)
 
 QA_CREDENTIALS = {
     "client_id": "partner",
@@ -176,8 +182,6 @@ def test_example_config_files_are_valid(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_every_setting_is_documented_in_config_examples() -> None:
     """config/ documents every setting, in the TOML and the .env example."""
-    from gateway.settings import SandboxServerSettings, Settings
-
     root = Path(__file__).resolve().parents[2] / "config"
     toml_text = (root / "exact-gateway.toml").read_text()
     env_text = (root / "example.env").read_text()
