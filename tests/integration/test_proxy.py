@@ -319,3 +319,61 @@ async def test_concurrent_cold_start_makes_one_token_request(
         statuses = await asyncio.gather(*(one() for _ in range(50)))
     assert set(statuses) == {200}
     assert len(upstream.tokens_issued) == 1
+
+
+async def test_upstream_failing_mid_body_cuts_the_caller_connection(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    """A body EXACT breaks off is not passed on as if complete: the caller sees the cut."""
+
+    async def broken(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 100_000
+        await response.prepare(request)
+        await response.write(b"x" * 1000)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    upstream.handler = broken
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy_url(gateway, "/v1/Practices/UKTEST1/details")) as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        upstream.handler = lambda request: _json({"after": True})
+        async with client.get(proxy_url(gateway, "/v1/Practices/UKTEST1/details")) as resp:
+            assert await resp.json() == {"after": True}
+
+
+async def _json(body: object) -> web.StreamResponse:
+    return web.json_response(body)
+
+
+async def test_caller_leaving_mid_stream_leaves_gateway_healthy(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    """A caller that hangs up mid-body costs nothing: the next request works."""
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(2000):
+            await response.write(b"y" * 65536)
+            await asyncio.sleep(0)
+        return response
+
+    upstream.handler = endless
+    async with aiohttp.ClientSession() as client:
+        resp = await client.get(proxy_url(gateway, "/v1/Practices/UKTEST1/Appointments"))
+        await resp.content.read(100_000)
+        resp.close()
+    upstream.handler = lambda request: _json({"ok": 2})
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy_url(gateway, "/v1/Practices/UKTEST1/details")) as resp:
+            assert await resp.json() == {"ok": 2}
+    for _ in range(50):
+        if gateway.proxy.inflight == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert gateway.proxy.inflight == 0
