@@ -280,6 +280,7 @@ def _details(
         "pmsVersion": "",  # filled from the practice's current state at answer time
         "pmsDisplayVersion": "",
         "updatedOn": "2024-04-28T18:02:11+01:00",
+        "locations": locations,
     }
 
 
