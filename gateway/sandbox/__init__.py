@@ -18,7 +18,8 @@ Modules, one concept each:
     appointments  PATCH rules and status transitions
     messages      POST Contact validation
     routing       case-insensitive route matching
-    api           the relay's checks and the endpoints
+    endpoints     one handler per API operation, and the route table
+    api           the relay's checks in order, and the relay to the practice
     control       the /_sandbox endpoints
     state         SandboxState and its app key
     app           build_sandbox_app

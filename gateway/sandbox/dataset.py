@@ -402,6 +402,16 @@ def _working_days() -> list[date]:
     return days
 
 
+@dataclass(slots=True, eq=False)
+class _Booking:
+    """A planned appointment; `follows` is the first booking of a family pair."""
+
+    start: datetime
+    patient: dict[str, Any]
+    practitioner: dict[str, Any]
+    follows: _Booking | None = None
+
+
 def _appointments(
     rng: random.Random, data: PracticeData, patients: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -411,8 +421,7 @@ def _appointments(
     for patient in patients:
         households.setdefault(patient["payingPatientId"], []).append(patient)
     taken: set[tuple[int, int, int]] = set()
-    planned: list[tuple[datetime, dict[str, Any], dict[str, Any], int]] = []
-    seen_patients: set[str] = set()
+    planned: list[_Booking] = []
     while len(planned) < APPOINTMENT_COUNT:
         day_index = rng.randrange(len(days))
         staff_index = rng.randrange(len(staff))
@@ -427,65 +436,48 @@ def _appointments(
         ):
             continue
         patient = rng.choice(patients)
-        group = [patient]
+        taken.add((day_index, staff_index, slot))
+        booking = _Booking(start, patient, practitioner)
+        planned.append(booking)
         family = households[patient["payingPatientId"]]
-        # Some bookings are family bookings: a second member in the next slot.
+        # Some bookings are family bookings: another member in the next slot.
         if (
             len(family) > 1
             and rng.random() < 0.08
             and (day_index, staff_index, slot + 1) not in taken
         ):
-            group.append(rng.choice([p for p in family if p is not patient]))
-        for offset, member in enumerate(group):
-            taken.add((day_index, staff_index, slot + offset))
-            planned.append(
-                (
-                    start + timedelta(minutes=offset * _SLOT_MINUTES),
-                    member,
-                    practitioner,
-                    len(group),
-                )
-            )
-        if len(group) == 2:
-            planned[-1] = (*planned[-1][:3], -1)  # mark the second of a pair
-    planned.sort(key=lambda item: item[0])
+            member = rng.choice([p for p in family if p is not patient])
+            taken.add((day_index, staff_index, slot + 1))
+            later = start + timedelta(minutes=_SLOT_MINUTES)
+            planned.append(_Booking(later, member, practitioner, follows=booking))
+    planned.sort(key=lambda booking: booking.start)
     counter = rng.randint(0x4000, 0x9000)
-    records: list[dict[str, Any]] = []
-    for start, patient, practitioner, _ in planned:
-        first_visit = patient["id"] not in seen_patients and rng.random() < 0.1
-        seen_patients.add(patient["id"])
-        records.append(
-            _appointment(
-                rng,
-                data,
-                appointment_id=record_id(counter, KIND_APPOINTMENT),
-                start=start,
-                patient=patient,
-                practitioner=practitioner,
-                first_visit=first_visit,
-            )
+    seen_patients: set[str] = set()
+    records: dict[int, dict[str, Any]] = {}
+    for booking in planned:
+        first_visit = booking.patient["id"] not in seen_patients and rng.random() < 0.1
+        seen_patients.add(booking.patient["id"])
+        records[id(booking)] = _appointment(
+            rng,
+            data,
+            appointment_id=record_id(counter, KIND_APPOINTMENT),
+            start=booking.start,
+            patient=booking.patient,
+            practitioner=booking.practitioner,
+            first_visit=first_visit,
         )
         counter += 1
-    _link_families(records, planned)
-    return records
+    for booking in planned:
+        if booking.follows is not None:
+            _link_family(records[id(booking.follows)], records[id(booking)])
+    return list(records.values())
 
 
-def _link_families(
-    records: list[dict[str, Any]],
-    planned: list[tuple[datetime, dict[str, Any], dict[str, Any], int]],
-) -> None:
-    # A pair is two consecutive slots, same practitioner, same household, second marked -1.
-    by_slot = {(p[0], p[2]["id"]): r for p, r in zip(planned, records, strict=True)}
-    for (start, patient, practitioner, marker), record in zip(planned, records, strict=True):
-        if marker != -1:
-            continue
-        primary = by_slot.get((start - timedelta(minutes=_SLOT_MINUTES), practitioner["id"]))
-        if primary is None or primary["patientId"] == patient["id"]:
-            continue
-        primary["nextFamilyAppointmentId"] = record["id"]
-        primary["familyAppointmentIds"] = [record["id"]]
-        record["primaryFamilyAppointmentId"] = primary["id"]
-        record["familyAppointmentIds"] = [primary["id"]]
+def _link_family(primary: dict[str, Any], second: dict[str, Any]) -> None:
+    primary["nextFamilyAppointmentId"] = second["id"]
+    primary["familyAppointmentIds"] = [second["id"]]
+    second["primaryFamilyAppointmentId"] = primary["id"]
+    second["familyAppointmentIds"] = [primary["id"]]
 
 
 def _status_for(rng: random.Random, start: datetime) -> str:

@@ -7,6 +7,16 @@ that server: its `behaviour` decides what the relay answers, and `attempts` plus
 request log show exactly which requests got as far as the relay, which is what resilience
 tests need to assert on (retries, breakers, bulkheads).
 
+Behaviours (what the relay answers):
+
+    healthy   the endpoint's own answer, after `latency_s` (0 by default)
+    slow      the same, after `latency_s` (the config's `slow_latency_s` unless set)
+    offline   503 at once: the relay has no connection to the practice
+    flaky     503 at once with probability `failure_rate` (seeded PRNG, so runs repeat),
+              otherwise as healthy
+    erroring  502 after `latency_s`: the practice's server failed the request
+    timeout   504 after `latency_s`: the practice's server did not answer in time
+
 Practice ids are matched case-insensitively (assumption: the id is a SQL Server key, which
 compares case-insensitively by default); the spelling used at creation is the one reported.
 """

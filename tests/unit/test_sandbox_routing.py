@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.sandbox.api import API_ROUTES
+from gateway.sandbox.endpoints import API_ROUTES
 from gateway.sandbox.routing import Match, Route, Router, WrongMethod
 
 ROUTER = Router(API_ROUTES)
