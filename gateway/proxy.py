@@ -105,9 +105,9 @@ class Proxy:
             # A bug of ours must still answer in the documented format and be visible, but
             # the message of a foreign exception may quote a URL, so only its type is logged.
             log.exception("unexpected error", extra={"fields": {"event": "internal_error"}})
-            error = GatewayError(f"unexpected gateway error ({type(exc).__name__})")
-            exchange.error, exchange.status = error.reason, error.status
-            return problem_response(error, exchange.request_id)
+            internal = GatewayError(f"unexpected gateway error ({type(exc).__name__})")
+            exchange.error, exchange.status = internal.reason, internal.status
+            return problem_response(internal, exchange.request_id)
         finally:
             self.inflight -= 1
             self._metrics.inflight.dec()
