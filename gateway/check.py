@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -30,7 +30,6 @@ SUBSCRIPTIONS = "/v1/Subscriptions/active"
 class Report:
     write: Callable[[str], None]
     code: int = OK
-    lines: list[str] = field(default_factory=list)
 
     def ok(self, what: str, detail: str) -> None:
         self.write(f"  [ok]   {what}: {detail}")
@@ -42,6 +41,8 @@ class Report:
 
 async def run_check(settings: Settings, write: Callable[[str], None]) -> int:
     write(f"exact-gateway check ({settings.environment.value})")
+    if settings.uses_inprocess_sandbox:
+        write("  using the built-in sandbox: simulated data, demo credentials")
     async with sandbox_for(settings) as effective:
         return await _check(effective, Report(write))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -120,11 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"exact-gateway: {exc}", file=sys.stderr)
         return CONFIG_EXIT
-    configure_logging(settings.log_level, settings.log_format)
     if args.command == "check":
         from gateway.check import run_check  # noqa: PLC0415 - only this command needs it
 
+        # The report says everything a person needs; log lines would only interleave with
+        # it. --log-level debug brings them back, as text.
+        quiet = settings.log_level is not LogLevel.DEBUG
+        configure_logging(LogLevel.ERROR if quiet else LogLevel.DEBUG, LogFormat.TEXT)
+        if quiet:
+            logging.disable(logging.CRITICAL)
         return asyncio.run(run_check(settings, print))
+    configure_logging(settings.log_level, settings.log_format)
     from gateway.app import serve  # noqa: PLC0415
 
     try:

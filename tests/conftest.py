@@ -265,3 +265,32 @@ def process_env(upstream: ScriptedUpstream, **extra: str) -> dict[str, str]:
     }
     env.update({f"EXACT_GATEWAY_{key.upper()}": value for key, value in extra.items()})
     return env
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[TestServer]:
+    """The EXACT simulator on a real loopback socket."""
+    from gateway.sandbox import SandboxConfig, build_sandbox_app
+
+    server = TestServer(build_sandbox_app(SandboxConfig()))
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def sandbox_gateway(sandbox: TestServer, start_gateway: GatewayFactory) -> Gateway:
+    """A gateway in front of the sandbox, with the sandbox's demo credentials."""
+    from gateway.app import with_sandbox_defaults
+
+    url = str(sandbox.make_url("")).rstrip("/")
+    settings = load_settings(
+        environment="sandbox",
+        api_url=url,
+        host="127.0.0.1",
+        port=0,
+        admin_host="127.0.0.1",
+        admin_port=0,
+        shutdown_grace_seconds=0,
+    )
+    return await start_gateway(with_sandbox_defaults(settings))
