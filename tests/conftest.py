@@ -22,7 +22,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from gateway.app import Gateway
+from gateway.app import Gateway, with_sandbox_defaults
+from gateway.sandbox import SandboxConfig, build_sandbox_app
 from gateway.settings import Settings, load_settings
 
 CLIENT_ID = "test-client"
@@ -270,8 +271,6 @@ def process_env(upstream: ScriptedUpstream, **extra: str) -> dict[str, str]:
 @pytest.fixture
 async def sandbox() -> AsyncIterator[TestServer]:
     """The EXACT simulator on a real loopback socket."""
-    from gateway.sandbox import SandboxConfig, build_sandbox_app
-
     server = TestServer(build_sandbox_app(SandboxConfig()))
     await server.start_server()
     yield server
@@ -281,8 +280,6 @@ async def sandbox() -> AsyncIterator[TestServer]:
 @pytest.fixture
 async def sandbox_gateway(sandbox: TestServer, start_gateway: GatewayFactory) -> Gateway:
     """A gateway in front of the sandbox, with the sandbox's demo credentials."""
-    from gateway.app import with_sandbox_defaults
-
     url = str(sandbox.make_url("")).rstrip("/")
     settings = load_settings(
         environment="sandbox",
