@@ -1,0 +1,86 @@
+"""Log formatting: one JSON object per line, fields kept, exception messages never written."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.logs import configure_logging
+from gateway.settings import LogFormat, LogLevel
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """configure_logging rewires the root logger; put it back for the other tests."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    access_level = logging.getLogger("aiohttp.access").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(access_level)
+
+
+def fail_with_url() -> None:
+    raise ValueError("http://api/v1/Patients?name=Smith")
+
+
+def emit_error_with_exception(logger: logging.Logger) -> None:
+    try:
+        fail_with_url()
+    except ValueError:
+        logger.exception("boom", extra={"fields": {"event": "internal_error"}})
+
+
+def test_json_lines_carry_message_and_fields() -> None:
+    """Each record is one JSON object with ts, level, logger, msg and the given fields."""
+    stream = io.StringIO()
+    configure_logging(LogLevel.INFO, LogFormat.JSON, stream)
+    logging.getLogger("exact_gateway.test").info(
+        "request", extra={"fields": {"route": "/v1/Subscriptions/active", "status": 200}}
+    )
+    (line,) = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert entry["msg"] == "request"
+    assert entry["level"] == "info"
+    assert entry["logger"] == "exact_gateway.test"
+    assert entry["route"] == "/v1/Subscriptions/active"
+    assert entry["status"] == 200
+    assert entry["ts"].endswith("Z")
+
+
+def test_exceptions_are_logged_by_type_only() -> None:
+    """A foreign exception's message (which may quote a URL and query) is never written."""
+    for log_format in (LogFormat.JSON, LogFormat.TEXT):
+        stream = io.StringIO()
+        configure_logging(LogLevel.INFO, log_format, stream)
+        emit_error_with_exception(logging.getLogger("exact_gateway.test"))
+        output = stream.getvalue()
+        assert "ValueError" in output
+        assert "Smith" not in output
+        assert "Traceback" not in output
+
+
+def test_text_format_and_level_filter() -> None:
+    """Text is one readable line; records below the level are dropped."""
+    stream = io.StringIO()
+    configure_logging(LogLevel.WARNING, LogFormat.TEXT, stream)
+    logger = logging.getLogger("exact_gateway.test")
+    logger.info("hidden")
+    logger.warning("shown", extra={"fields": {"event": "drain"}})
+    (line,) = stream.getvalue().splitlines()
+    assert "WARNING" in line
+    assert "shown" in line
+    assert "event=drain" in line
+
+
+def test_aiohttp_access_log_is_silenced() -> None:
+    """aiohttp's access log writes raw request lines with query strings: it is off."""
+    stream = io.StringIO()
+    configure_logging(LogLevel.DEBUG, LogFormat.JSON, stream)
+    logging.getLogger("aiohttp.access").info('127.0.0.1 "GET /v1/x?name=Smith HTTP/1.1" 200')
+    assert stream.getvalue() == ""
