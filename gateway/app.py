@@ -48,7 +48,8 @@ class Gateway:
         self.settings = settings
         self.metrics: Metrics = build_metrics(settings.environment.value, registry)
         self._draining = False
-        self._runners: list[web.BaseRunner] = []
+        self._admin_runner: web.AppRunner | None = None
+        self._proxy_runner: web.ServerRunner | None = None
         self._sessions: list[aiohttp.ClientSession] = []
         self.proxy_port = 0
         self.admin_port = 0
@@ -60,6 +61,11 @@ class Gateway:
     async def start(self) -> None:
         settings = self.settings
         api_url = settings.resolved_api_url()
+        # Bind first: a port already in use fails the start before anything else is built.
+        admin_sock = listen(settings.admin_host, settings.admin_port)
+        proxy_sock = listen(settings.host, settings.port)
+        self.admin_port = admin_sock.getsockname()[1]
+        self.proxy_port = proxy_sock.getsockname()[1]
         api_session = build_session(
             connect_timeout=settings.connect_timeout_seconds,
             attempt_timeout=settings.attempt_timeout_seconds,
@@ -87,22 +93,17 @@ class Gateway:
             self.metrics,
         )
 
-        admin = web.AppRunner(
+        self._admin_runner = web.AppRunner(
             build_admin_app(self.metrics, self.tokens, self), access_log=None, shutdown_timeout=1
         )
-        proxy = web.ServerRunner(
+        self._proxy_runner = web.ServerRunner(
             web.Server(self.proxy, access_log=None),
             shutdown_timeout=settings.drain_seconds,
         )
-        for runner in (admin, proxy):
-            await runner.setup()
-            self._runners.append(runner)
-        admin_sock = listen(settings.admin_host, settings.admin_port)
-        proxy_sock = listen(settings.host, settings.port)
-        self.admin_port = admin_sock.getsockname()[1]
-        self.proxy_port = proxy_sock.getsockname()[1]
-        await web.SockSite(admin, admin_sock).start()
-        await web.SockSite(proxy, proxy_sock).start()
+        await self._admin_runner.setup()
+        await self._proxy_runner.setup()
+        await web.SockSite(self._admin_runner, admin_sock).start()
+        await web.SockSite(self._proxy_runner, proxy_sock).start()
         log.info(
             "listening",
             extra={
@@ -134,13 +135,13 @@ class Gateway:
             extra={"fields": {"event": "drain", "inflight": self.proxy.inflight}},
         )
         await asyncio.sleep(self.settings.shutdown_grace_seconds)
-        admin, proxy = self._runners
         # Closes the listener, then waits up to DRAIN_SECONDS for in-flight handlers.
-        await proxy.cleanup()
+        if self._proxy_runner is not None:
+            await self._proxy_runner.cleanup()
         for session in self._sessions:
             await session.close()
-        await admin.cleanup()
-        self._runners.clear()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         log.info("stopped", extra={"fields": {"event": "stop"}})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -163,3 +164,25 @@ def test_check_with_unreachable_identity_server_exits_1() -> None:
     )
     assert result.returncode == 1, result.stdout
     assert "[FAIL] identity server" in result.stdout
+
+
+def test_port_in_use_fails_with_a_clear_message() -> None:
+    """Another process on the proxy port: exit 1 and a one-line reason, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "serve",
+            "--environment",
+            "sandbox",
+            "--port",
+            str(port),
+            "--admin-port",
+            "0",
+            "--admin-host",
+            "127.0.0.1",
+        )
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr
