@@ -75,15 +75,7 @@ class Gateway:
         identity_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self._sessions = [api_session, identity_session]
         self.tokens = TokenSource(
-            TokenConfig(
-                client_id=settings.client_id or "",
-                client_secret=settings.client_secret,
-                client_secret_file=settings.client_secret_file,
-                scopes=settings.scopes,
-                authority_url=settings.resolved_authority_url(),
-                token_url=settings.token_url,
-                timeout=settings.token_timeout_seconds,
-            ),
+            TokenConfig.from_settings(settings),
             identity_session,
             self.metrics,
         )

@@ -59,15 +59,7 @@ async def _check(settings: Settings, report: Report) -> int:
         ) as api,
     ):
         tokens = TokenSource(
-            TokenConfig(
-                client_id=settings.client_id or "",
-                client_secret=settings.client_secret,
-                client_secret_file=settings.client_secret_file,
-                scopes=settings.scopes,
-                authority_url=authority,
-                token_url=settings.token_url,
-                timeout=settings.token_timeout_seconds,
-            ),
+            TokenConfig.from_settings(settings),
             identity,
             build_metrics(settings.environment.value),
         )

@@ -28,6 +28,7 @@ from yarl import URL
 
 from gateway.errors import ConfigError, TokenUnavailable
 from gateway.metrics import Metrics
+from gateway.settings import Settings
 
 log = logging.getLogger("exact_gateway.tokens")
 
@@ -91,6 +92,18 @@ class TokenConfig:
     authority_url: str
     token_url: str | None
     timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenConfig:
+        return cls(
+            client_id=settings.client_id or "",
+            client_secret=settings.client_secret,
+            client_secret_file=settings.client_secret_file,
+            scopes=settings.scopes,
+            authority_url=settings.resolved_authority_url(),
+            token_url=settings.token_url,
+            timeout=settings.token_timeout_seconds,
+        )
 
     async def read_secret(self) -> str:
         """The current secret. The file is read at each fetch, so a rotated Secret is used."""
