@@ -91,7 +91,8 @@ class Proxy:
             target = parse_target(request.method, request.raw_path)
             exchange.route, exchange.practice_id = target.route, target.practice_id
             response = await self._forward(request, target, exchange)
-            exchange.status = response.status
+            if exchange.status != CLIENT_CLOSED_REQUEST:
+                exchange.status = response.status
             return response
         except GatewayError as error:
             exchange.error, exchange.status = error.reason, error.status
@@ -137,6 +138,14 @@ class Proxy:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
+        except ConnectionResetError:
+            # The caller hung up mid-body (aiohttp raises this on our write): drop the
+            # half-read upstream connection rather than return it to the pool.
+            upstream.close()
+            exchange.error = "client_disconnected"
+            response.force_close()
+            exchange.status = CLIENT_CLOSED_REQUEST
+            return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             # EXACT failed mid-body: the status line is already sent, so the only honest
             # signal left is to cut the connection and let the caller see a short body.

@@ -351,9 +351,9 @@ async def _json(body: object) -> web.StreamResponse:
 
 
 async def test_caller_leaving_mid_stream_leaves_gateway_healthy(
-    gateway: Gateway, upstream: ScriptedUpstream
+    gateway: Gateway, upstream: ScriptedUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A caller that hangs up mid-body costs nothing: the next request works."""
+    """A caller hanging up mid-body is counted as 499, not as a gateway bug; next works."""
 
     async def endless(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
@@ -377,3 +377,9 @@ async def test_caller_leaving_mid_stream_leaves_gateway_healthy(
             break
         await asyncio.sleep(0.05)
     assert gateway.proxy.inflight == 0
+    assert not [r for r in caplog.records if r.getMessage() == "unexpected error"]
+    hung_up = gateway.metrics.registry.get_sample_value(
+        "exact_gateway_requests_total",
+        {"method": "GET", "route": "/v1/Practices/{practiceId}/Appointments", "status_code": "499"},
+    )
+    assert hung_up == 1
