@@ -36,15 +36,10 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"ready": False, "reason": "draining"}, status=503)
     tokens = request.app[TOKENS]
     if not tokens.has_usable_token():
-        # Until the token work adds a background refresher, the probe itself keeps the
-        # token warm: one shared fetch, however many probes arrive.
-        try:
-            await tokens.refresh()
-        except Exception:  # noqa: BLE001 - any failure means "not ready", reported below
-            reason = tokens.last_error or "no usable access token"
-            return web.json_response(
-                {"ready": False, "reason": f"no usable access token: {reason}"}, status=503
-            )
+        reason = tokens.last_error or "not fetched yet"
+        return web.json_response(
+            {"ready": False, "reason": f"no usable access token: {reason}"}, status=503
+        )
     return web.json_response({"ready": True})
 
 

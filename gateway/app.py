@@ -26,10 +26,11 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.admin import build_admin_app
+from gateway.identity import IdentityClient, TokenConfig
 from gateway.metrics import Metrics, build_metrics
 from gateway.proxy import Proxy
 from gateway.settings import Environment, SandboxServerSettings, Settings
-from gateway.tokens import TokenConfig, TokenSource
+from gateway.tokens import TokenPolicy, TokenSource
 from gateway.upstream import Upstream, build_session
 
 log = logging.getLogger("exact_gateway.app")
@@ -44,8 +45,23 @@ def listen(host: str, port: int) -> socket.socket:
 class Gateway:
     """One gateway: proxy and admin listeners, the upstream pool and the token source."""
 
-    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        token_policy: TokenPolicy | None = None,
+    ) -> None:
         self.settings = settings
+        self._token_policy = (
+            token_policy
+            if token_policy is not None
+            else TokenPolicy(
+                retry_base=settings.token_retry_base_seconds,
+                retry_cap=settings.token_retry_max_seconds,
+            )
+        )
+        self._background: list[asyncio.Task[None]] = []
         self.metrics: Metrics = build_metrics(settings.environment.value, registry)
         self._draining = False
         self._admin_runner: web.AppRunner | None = None
@@ -75,14 +91,16 @@ class Gateway:
         identity_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self._sessions = [api_session, identity_session]
         self.tokens = TokenSource(
-            TokenConfig.from_settings(settings),
-            identity_session,
+            IdentityClient(TokenConfig.from_settings(settings), identity_session),
             self.metrics,
+            self._token_policy,
         )
         self.proxy = Proxy(
             Upstream(api_session, api_url, settings.attempt_timeout_seconds),
             self.tokens,
             self.metrics,
+            replay_buffer_bytes=settings.replay_buffer_bytes,
+            deadline=settings.deadline_seconds,
         )
 
         self._admin_runner = web.AppRunner(
@@ -96,6 +114,8 @@ class Gateway:
         await self._proxy_runner.setup()
         await web.SockSite(self._admin_runner, admin_sock).start()
         await web.SockSite(self._proxy_runner, proxy_sock).start()
+        # The first token is fetched at once; /readyz turns true when it is held.
+        self._background.append(asyncio.create_task(self.tokens.run(), name="token-refresh"))
         log.info(
             "listening",
             extra={
@@ -110,15 +130,6 @@ class Gateway:
             },
         )
 
-    async def warm_up(self) -> bool:
-        """Obtain the first token so the first callers do not wait for it."""
-        try:
-            await self.tokens.refresh()
-        except Exception:  # noqa: BLE001 - reported by the token source and by /readyz
-            return False
-        log.info("ready", extra={"fields": {"event": "ready"}})
-        return True
-
     async def shutdown(self) -> None:
         """Drain and stop (see the module docstring for the order)."""
         self._draining = True
@@ -130,6 +141,9 @@ class Gateway:
         # Closes the listener, then waits up to DRAIN_SECONDS for in-flight handlers.
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for session in self._sessions:
             await session.close()
         if self._admin_runner is not None:
@@ -209,9 +223,7 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        warm = asyncio.create_task(gateway.warm_up())
         await stop.wait()
-        warm.cancel()
         await gateway.shutdown()
 
 

@@ -17,9 +17,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.app import sandbox_for
 from gateway.errors import ConfigError, GatewayError
-from gateway.metrics import build_metrics
+from gateway.identity import (
+    CredentialsRejected,
+    IdentityClient,
+    TokenConfig,
+    TokenEndpointError,
+)
 from gateway.settings import Settings
-from gateway.tokens import CredentialsRejected, TokenConfig, TokenEndpointError, TokenSource
 from gateway.upstream import Upstream, build_session, request_headers
 
 OK, CONFIG_PROBLEM, UNREACHABLE = 0, 2, 1
@@ -58,13 +62,9 @@ async def _check(settings: Settings, report: Report) -> int:
             attempt_timeout=settings.attempt_timeout_seconds,
         ) as api,
     ):
-        tokens = TokenSource(
-            TokenConfig.from_settings(settings),
-            identity,
-            build_metrics(settings.environment.value),
-        )
+        identity_client = IdentityClient(TokenConfig.from_settings(settings), identity)
         try:
-            token = await tokens.refresh()
+            token = await identity_client.request_token()
         except CredentialsRejected as exc:
             report.fail(
                 "token",
@@ -78,7 +78,7 @@ async def _check(settings: Settings, report: Report) -> int:
         except TokenEndpointError as exc:
             report.fail("identity server", str(exc), UNREACHABLE)
             return report.code
-        report.ok("identity server", f"token endpoint {tokens.token_endpoint}")
+        report.ok("identity server", f"token endpoint {identity_client.token_endpoint}")
         report.ok(
             "token",
             f"obtained for client {settings.client_id}, valid for {int(token.lifetime)} s,"

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
@@ -64,6 +64,7 @@ class Exchange:
 
     request_id: str
     method: str
+    deadline: float  # perf_counter() time by which the caller must have an answer
     route: str = OTHER_ROUTE
     practice_id: str | None = None
     status: int = 500
@@ -74,16 +75,28 @@ class Exchange:
 class Proxy:
     """The proxy port's single request handler."""
 
-    def __init__(self, upstream: Upstream, tokens: TokenSource, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        tokens: TokenSource,
+        metrics: Metrics,
+        *,
+        replay_buffer_bytes: int = 1024 * 1024,
+        deadline: float = 60.0,
+    ) -> None:
+        self._deadline = deadline
         self._upstream = upstream
         self._tokens = tokens
         self._metrics = metrics
+        self._replay_buffer_bytes = replay_buffer_bytes
         self.inflight = 0
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         exchange = Exchange(
-            request_id_for(request.headers.get("X-Request-ID")), method_label(request.method)
+            request_id_for(request.headers.get("X-Request-ID")),
+            method_label(request.method),
+            deadline=started + self._deadline,
         )
         self.inflight += 1
         self._metrics.inflight.inc()
@@ -117,17 +130,21 @@ class Proxy:
     async def _forward(
         self, request: web.BaseRequest, target: Target, exchange: Exchange
     ) -> web.StreamResponse:
-        token = await self._tokens.get()
-        headers = request_headers(request.headers, token, exchange.request_id)
-        body = request.content if request.body_exists else None
-        sent = time.perf_counter()
-        exchange.attempts += 1
-        try:
-            upstream = await self._upstream.send(request.method, target.path, headers, body)
-        except GatewayError as error:
-            self._observe_attempt(target.route, error.reason, sent)
-            raise
-        self._observe_attempt(target.route, str(upstream.status), sent)
+        body, replayable = await self._body(request)
+        token = await self._tokens.get(wait=exchange.deadline - time.perf_counter())
+        upstream = await self._attempt(request, target, exchange, token, body)
+        if upstream.status == 401:
+            # EXACT refused the token (revoked, or expired in a way we could not see). Get a
+            # new one once per token generation and replay if the body allows; otherwise the
+            # 401 goes back unchanged.
+            try:
+                replacement = await self._tokens.replace(token)
+            except GatewayError:
+                upstream.close()
+                raise
+            if replacement is not None and replayable:
+                upstream.close()
+                upstream = await self._attempt(request, target, exchange, replacement, body)
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -161,6 +178,38 @@ class Proxy:
             raise
         upstream.release()
         return response
+
+    async def _body(self, request: web.BaseRequest) -> tuple[bytes | StreamReader | None, bool]:
+        """The body to send, and whether it can be sent again.
+
+        Bodies of known length up to REPLAY_BUFFER_BYTES are read first so that a replay is
+        possible; larger or chunked bodies stream straight through and are never replayed.
+        """
+        if not request.body_exists:
+            return None, True
+        length = request.content_length
+        if length is not None and length <= self._replay_buffer_bytes:
+            return await request.read(), True
+        return request.content, False
+
+    async def _attempt(
+        self,
+        request: web.BaseRequest,
+        target: Target,
+        exchange: Exchange,
+        token: str,
+        body: bytes | StreamReader | None,
+    ) -> aiohttp.ClientResponse:
+        headers = request_headers(request.headers, token, exchange.request_id)
+        sent = time.perf_counter()
+        exchange.attempts += 1
+        try:
+            upstream = await self._upstream.send(request.method, target.path, headers, body)
+        except GatewayError as error:
+            self._observe_attempt(target.route, error.reason, sent)
+            raise
+        self._observe_attempt(target.route, str(upstream.status), sent)
+        return upstream
 
     def _observe_attempt(self, route: str, outcome: str, sent: float) -> None:
         self._metrics.upstream_attempts.labels(route, outcome).inc()

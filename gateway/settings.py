@@ -115,9 +115,17 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.JSON
 
     # Time limits. Per-request deadlines grow into a full policy with the resilience work.
+    # Total time a request may take; today it bounds the wait for a token.
+    deadline_seconds: float = Field(default=60.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     attempt_timeout_seconds: float = Field(default=30.0, gt=0)
     token_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Token retries after an identity-server failure: capped exponential, full jitter.
+    token_retry_base_seconds: float = Field(default=1.0, gt=0)
+    token_retry_max_seconds: float = Field(default=60.0, gt=0)
+    # Request bodies up to this size are buffered so they can be replayed (after a 401);
+    # larger or chunked bodies stream and are never replayed.
+    replay_buffer_bytes: int = Field(default=1024 * 1024, ge=0)
     # Lifecycle (see README "Shutdown"): drain stays below Kubernetes' default 30 s grace.
     shutdown_grace_seconds: float = Field(default=2.0, ge=0)
     drain_seconds: float = Field(default=20.0, ge=0)

@@ -1,64 +1,49 @@
-"""The client-credentials token source: one bearer token shared by every request.
+"""The shared bearer token: when to fetch it, who waits for it, and what to do when it fails.
 
-EXACT's identity server is a standard OpenID provider: the token endpoint is found through
-``AUTHORITY_URL/.well-known/openid-configuration`` (unless ``TOKEN_URL`` is set) and tokens
-are requested with HTTP Basic ``client_id:client_secret`` and a form body
-``grant_type=client_credentials&scope=...`` (``shared/exact-api.md`` section 1.3).
+One token serves every request. Its life, in the order things happen:
 
-What this module guarantees today: a token is only used while it is *usable* (it is dropped a
-safety margin before it expires), and however many requests find no usable token at once,
-exactly one token request is in flight; the others wait for it. The token and the secret never
-leave this module except as the ``Authorization`` header value.
+* **Start-up**: the background loop (:meth:`TokenSource.run`) fetches the first token at once;
+  ``/readyz`` stays false until it is held.
+* **Refresh**: at 80% of the token's lifetime, ±5% random jitter so that replicas started
+  together drift apart, the loop fetches a new one while the old is still served. Requests
+  never wait for a refresh while a usable token exists.
+* **Usable**: a token is not used in its last 30 s, or its last tenth when it lives less than
+  300 s, so it cannot expire on its way to EXACT (shared/product.md, "Token refresh").
+* **Single flight**: however many requests find no usable token at once, one token request
+  is in flight and the rest wait for it.
+* **401 from EXACT**: one refresh per token generation, however many requests saw the 401
+  (:meth:`TokenSource.replace`); a token EXACT refused is never sent again. If EXACT still
+  refuses a token minted moments ago, the 401 stands rather than spinning the identity server.
+* **Identity server failing**: retries with capped exponential backoff and full jitter; a
+  still-usable token keeps being served meanwhile; once none is usable, requests get 503
+  ``token_unavailable`` with ``Retry-After`` at once (they do not each hammer the identity
+  server). Refused credentials back off far longer: retrying a wrong secret quickly achieves
+  nothing, but a changed secret file (Kubernetes rotating a Secret) triggers a retry at once.
+
+Everything time-related goes through the injected clock and random source, so the schedule is
+tested without sleeping (``tests/unit/test_token_schedule.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import aiohttp
-from pydantic import SecretStr
-from yarl import URL
-
+from gateway.backoff import backoff_ceiling, full_jitter
 from gateway.errors import ConfigError, TokenUnavailable
+from gateway.identity import CredentialsRejected, Grant, TokenConfig, TokenEndpointError
 from gateway.metrics import Metrics
-from gateway.settings import Settings
 
 log = logging.getLogger("exact_gateway.tokens")
 
-DISCOVERY_PATH = "/.well-known/openid-configuration"
-# A token is not used in its last 30 s, or its last tenth when it lives under 300 s
-# (shared/product.md, "Token refresh"), so a request never reaches EXACT with a token that
-# expires on the way.
 SAFETY_MARGIN_SECONDS = 30.0
 SHORT_LIFETIME_SECONDS = 300.0
-# Used when the token response omits expires_in: short, so a wrong guess costs little.
-DEFAULT_LIFETIME_SECONDS = 300
-
-
-class CredentialsRejected(ConfigError):
-    """The identity server refused our client id, secret or scopes (invalid_client/_scope)."""
-
-    def __init__(self, error: str, description: str | None) -> None:
-        self.error = error
-        detail = f": {description}" if description else ""
-        super().__init__(f"the identity server refused the credentials ({error}{detail})")
-
-
-class TokenEndpointError(Exception):
-    """The identity server could not be reached or gave an unusable answer."""
-
-
-def basic_credentials(client_id: str, secret: str) -> str:
-    """``Basic base64(client_id:client_secret)``, exactly as EXACT's documentation builds it."""
-    raw = f"{client_id}:{secret}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 def safety_margin(lifetime: float) -> float:
@@ -69,8 +54,47 @@ def safety_margin(lifetime: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenPolicy:
+    """The numbers of the token schedule (README, "Tokens", says why each is what it is)."""
+
+    refresh_fraction: float = 0.8
+    refresh_jitter: float = 0.05
+    retry_base: float = 1.0
+    retry_cap: float = 60.0
+    refused_retry_base: float = 30.0
+    refused_retry_cap: float = 300.0
+    min_retry: float = 0.5
+    # A 401 for a token younger than this does not cause another refresh: EXACT refusing a
+    # fresh token is a configuration problem, and each caller would otherwise cost a fetch.
+    unauthorized_refresh_interval: float = 5.0
+    secret_poll: float = 5.0
+
+    def refresh_delay(self, lifetime: float, rng: random.Random) -> float:
+        low = self.refresh_fraction - self.refresh_jitter
+        high = self.refresh_fraction + self.refresh_jitter
+        return lifetime * rng.uniform(low, high)
+
+    def retry_delay(self, failures: int, refused: bool, rng: random.Random) -> float:
+        base, cap = (
+            (self.refused_retry_base, self.refused_retry_cap)
+            if refused
+            else (self.retry_base, self.retry_cap)
+        )
+        return max(self.min_retry, full_jitter(failures, base, cap, rng))
+
+    def retry_ceiling(self, failures: int, refused: bool) -> float:
+        """The longest :meth:`retry_delay` can be after ``failures`` failures."""
+        if refused:
+            ceiling = backoff_ceiling(failures, self.refused_retry_base, self.refused_retry_cap)
+        else:
+            ceiling = backoff_ceiling(failures, self.retry_base, self.retry_cap)
+        return max(self.min_retry, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
 class AccessToken:
     value: str = field(repr=False)
+    generation: int
     obtained_at: float  # monotonic clock
     lifetime: float
     expires_at_unix: float
@@ -83,87 +107,107 @@ class AccessToken:
         return now < self.usable_until
 
 
-@dataclass(frozen=True, slots=True)
-class TokenConfig:
-    client_id: str
-    client_secret: SecretStr | None
-    client_secret_file: Path | None
-    scopes: tuple[str, ...]
-    authority_url: str
-    token_url: str | None
-    timeout: float
+class Identity(Protocol):
+    """What the token source needs from the identity server (see :mod:`gateway.identity`)."""
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TokenConfig:
-        return cls(
-            client_id=settings.client_id or "",
-            client_secret=settings.client_secret,
-            client_secret_file=settings.client_secret_file,
-            scopes=settings.scopes,
-            authority_url=settings.resolved_authority_url(),
-            token_url=settings.token_url,
-            timeout=settings.token_timeout_seconds,
-        )
+    config: TokenConfig
 
-    async def read_secret(self) -> str:
-        """The current secret. The file is read at each fetch, so a rotated Secret is used."""
-        if self.client_secret_file is not None:
-            text = await asyncio.to_thread(self.client_secret_file.read_text, "utf-8")
-            secret = text.strip()
-            if not secret:
-                raise ConfigError("EXACT_GATEWAY_CLIENT_SECRET_FILE: the file is empty")
-            return secret
-        if self.client_secret is None:
-            raise ConfigError("EXACT_GATEWAY_CLIENT_SECRET: not set")
-        return self.client_secret.get_secret_value()
+    @property
+    def token_endpoint(self) -> str | None: ...
+
+    async def request_token(self) -> Grant: ...
 
 
 class TokenSource:
-    """Fetches, caches and hands out the shared bearer token."""
+    """Holds, refreshes and hands out the shared bearer token."""
 
     def __init__(
         self,
-        config: TokenConfig,
-        session: aiohttp.ClientSession,
+        identity: Identity,
         metrics: Metrics,
+        policy: TokenPolicy | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
-        self._config = config
-        self._session = session
+        self._identity = identity
         self._metrics = metrics
+        self.policy = policy if policy is not None else TokenPolicy()
         self._clock = clock
         self._wall_clock = wall_clock
+        # Jitter, not secrecy: an ordinary PRNG, seeded from the OS so replicas differ.
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311
         self._token: AccessToken | None = None
-        self._token_endpoint: str | None = config.token_url
         self._inflight: asyncio.Future[AccessToken] | None = None
-        self._fetch_count = 0
+        self._generation = 0
+        self._refresh_at = 0.0
+        self._retry_at: float | None = None
+        self._failures = 0
+        self._refused = False
+        self._last_unauthorized_refresh = float("-inf")
+        self._secret_stamp = identity.config.secret_file_stamp()
         self.last_error: str | None = None
+        self.ready_event = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"<TokenSource client_id={self._config.client_id!r} token=<hidden>>"
+        return f"<TokenSource client_id={self._identity.config.client_id!r} token=<hidden>>"
+
+    # -- what requests use ------------------------------------------------------------------
 
     def has_usable_token(self) -> bool:
         return self._token is not None and self._token.usable(self._clock())
 
-    async def get(self) -> str:
-        """A usable token, fetching one (once, for all waiters) when there is none."""
+    async def get(self, wait: float | None = None) -> str:
+        """A usable token; waits (up to ``wait`` seconds) only when none is held."""
         token = self._token
-        if token is not None and token.usable(self._clock()):
+        now = self._clock()
+        if token is not None and token.usable(now):
             return token.value
+        if self._inflight is None and self._retry_at is not None and now < self._retry_at:
+            # Backing off: answer at once instead of adding load to a failing identity server.
+            raise self._unavailable(self._retry_at - now)
         try:
-            return (await self.refresh()).value
-        except ConfigError as exc:
+            async with asyncio.timeout(wait):
+                return (await self.refresh()).value
+        except TimeoutError:
             raise TokenUnavailable(
-                "the gateway has no access token: its credentials were refused",
-                retry_after=30,
-            ) from exc
-        except TokenEndpointError as exc:
-            raise TokenUnavailable(
-                "the gateway has no access token: the identity server is unavailable",
-                retry_after=5,
-            ) from exc
+                "timed out waiting for an access token from the identity server", retry_after=1
+            ) from None
+        except (ConfigError, TokenEndpointError):
+            retry_in = (self._retry_at - self._clock()) if self._retry_at is not None else 1.0
+            raise self._unavailable(retry_in) from None
+
+    async def replace(self, rejected: str) -> str | None:
+        """EXACT answered 401 to ``rejected``: a token to replay with, or None if the 401 stands.
+
+        Raises :class:`TokenUnavailable` when no token can be had at all.
+        """
+        now = self._clock()
+        current = self._token
+        if current is not None and current.value != rejected and current.usable(now):
+            return current.value  # another request already replaced it
+        if self._inflight is None:
+            if now - self._last_unauthorized_refresh < self.policy.unauthorized_refresh_interval:
+                return None
+            self._last_unauthorized_refresh = now
+            if current is not None and current.value == rejected:
+                self._token = None  # never send a token EXACT has refused
+            log.warning(
+                "EXACT refused the access token; fetching a new one",
+                extra={"fields": {"event": "token_rejected"}},
+            )
+        return await self.get()
+
+    def _unavailable(self, retry_in: float) -> TokenUnavailable:
+        reason = "the identity server is unavailable"
+        if self._refused:
+            reason = "its credentials were refused"
+        return TokenUnavailable(
+            f"the gateway has no usable access token: {reason}", retry_after=max(1.0, retry_in)
+        )
+
+    # -- fetching ---------------------------------------------------------------------------
 
     async def refresh(self) -> AccessToken:
         """Fetch a new token; concurrent callers share the one request in flight."""
@@ -175,141 +219,158 @@ class TokenSource:
 
     def _fetch_done(self, future: asyncio.Future[AccessToken]) -> None:
         self._inflight = None
-        if not future.cancelled() and future.exception() is None:
-            self._token = future.result()
+        if not future.cancelled():
+            future.exception()  # retrieved here, so an unawaited failure is not reported
 
     async def _fetch(self) -> AccessToken:
         started = self._clock()
-        result = "error"
+        result = "success"
         try:
-            token = await self._request_token()
-            result = "success"
-            self.last_error = None
-            self._fetch_count += 1
-            self._metrics.token_expiry.set(token.expires_at_unix)
-            log.info(
-                "token obtained",
-                extra={"fields": {"event": "token_refreshed", "expires_in": token.lifetime}},
-            )
-            return token
+            grant = await self._identity.request_token()
         except CredentialsRejected as exc:
             result = exc.error
-            self.last_error = str(exc)
-            log.error(  # noqa: TRY400 - the traceback would add nothing for a refused secret
-                "token request refused: check the client id, secret and scopes",
-                extra={"fields": {"event": "token_failed", "error": exc.error}},
-            )
+            self._failed(str(exc), refused=True)
             raise
-        except (TokenEndpointError, ConfigError) as exc:
-            self.last_error = str(exc)
-            log.warning(
-                "token request failed",
-                extra={"fields": {"event": "token_failed", "error": str(exc)}},
-            )
+        except ConfigError as exc:
+            result = "config"
+            self._failed(str(exc), refused=True)
+            raise
+        except TokenEndpointError as exc:
+            result = exc.kind
+            self._failed(str(exc), refused=False)
             raise
         finally:
             self._metrics.token_requests.labels(result).inc()
             self._metrics.token_request_duration.observe(self._clock() - started)
+        return self._succeeded(grant)
 
-    async def _request_token(self) -> AccessToken:
-        endpoint = await self._discover()
-        secret = await self._config.read_secret()
-        form = {"grant_type": "client_credentials", "scope": " ".join(self._config.scopes)}
-        headers = {"Authorization": basic_credentials(self._config.client_id, secret)}
-        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        try:
-            async with self._session.post(
-                endpoint, data=form, headers=headers, timeout=timeout
-            ) as resp:
-                payload = await _json_or_none(resp)
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self._forget_endpoint()
-            raise TokenEndpointError(f"token endpoint unreachable ({type(exc).__name__})") from None
-        if status in {400, 401} and isinstance(payload, dict):
-            error = str(payload.get("error", ""))
-            if error in {"invalid_client", "invalid_scope", "unauthorized_client"}:
-                description = payload.get("error_description")
-                raise CredentialsRejected(error, str(description) if description else None)
-        if status != 200 or not isinstance(payload, dict):
-            self._forget_endpoint()
-            raise TokenEndpointError(f"token endpoint answered HTTP {status}")
-        return self._parse(payload)
-
-    def _parse(self, payload: dict[str, Any]) -> AccessToken:
-        value = payload.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise TokenEndpointError("token response has no access_token")
-        lifetime_raw = payload.get("expires_in", DEFAULT_LIFETIME_SECONDS)
-        try:
-            lifetime = float(lifetime_raw)
-        except (TypeError, ValueError):
-            raise TokenEndpointError("token response has an invalid expires_in") from None
-        if lifetime <= 0:
-            raise TokenEndpointError("token response has an invalid expires_in")
-        return AccessToken(
-            value=value,
-            obtained_at=self._clock(),
-            lifetime=lifetime,
-            expires_at_unix=self._wall_clock() + lifetime,
+    def _succeeded(self, grant: Grant) -> AccessToken:
+        now = self._clock()
+        self._generation += 1
+        token = AccessToken(
+            value=grant.value,
+            generation=self._generation,
+            obtained_at=now,
+            lifetime=grant.lifetime,
+            expires_at_unix=self._wall_clock() + grant.lifetime,
         )
+        self._token = token
+        self._refresh_at = now + self.policy.refresh_delay(grant.lifetime, self._rng)
+        self._retry_at = None
+        self._failures = 0
+        self._refused = False
+        self.last_error = None
+        self._metrics.token_expiry.set(token.expires_at_unix)
+        log.info(
+            "access token obtained",
+            extra={
+                "fields": {
+                    "event": "token_refreshed",
+                    "generation": token.generation,
+                    "expires_in": round(grant.lifetime, 1),
+                    "next_refresh_in": round(self._refresh_at - now, 1),
+                }
+            },
+        )
+        if not self.ready_event.is_set():
+            self.ready_event.set()
+            log.info("ready", extra={"fields": {"event": "ready"}})
+        return token
 
-    async def _discover(self) -> str:
-        if self._token_endpoint is not None:
-            return self._token_endpoint
-        url = self._config.authority_url + DISCOVERY_PATH
-        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        try:
-            async with self._session.get(url, timeout=timeout) as resp:
-                document = await _json_or_none(resp)
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TokenEndpointError(f"discovery unreachable ({type(exc).__name__})") from None
-        endpoint = document.get("token_endpoint") if isinstance(document, dict) else None
-        if status != 200 or not isinstance(endpoint, str):
-            raise TokenEndpointError(f"discovery document unusable (HTTP {status})")
-        parsed = URL(endpoint)
-        # Never send the secret in clear text to an endpoint an HTTPS authority did not vouch
-        # for over HTTPS.
-        authority_scheme = URL(self._config.authority_url).scheme
-        if parsed.scheme not in {"http", "https"} or not parsed.host:
-            raise TokenEndpointError("discovery names an invalid token endpoint")
-        if authority_scheme == "https" and parsed.scheme != "https":
-            raise TokenEndpointError("discovery names a non-HTTPS token endpoint")
-        self._token_endpoint = endpoint
-        return endpoint
+    def _failed(self, message: str, *, refused: bool) -> None:
+        now = self._clock()
+        self._failures += 1
+        self._refused = refused
+        delay = self.policy.retry_delay(self._failures, refused, self._rng)
+        self._retry_at = now + delay
+        self.last_error = message
+        fields = {
+            "event": "token_failed",
+            "error": message,
+            "consecutive_failures": self._failures,
+            "retry_in": round(delay, 3),
+            "token_usable": self._token is not None and self._token.usable(now),
+        }
+        if refused:
+            log.error(
+                "token request refused: check the client id, secret and scopes",
+                extra={"fields": fields},
+            )
+        else:
+            log.warning("token request failed", extra={"fields": fields})
 
-    def _forget_endpoint(self) -> None:
-        # A failing endpoint may have moved: look it up again next time, unless it was set.
-        self._token_endpoint = self._config.token_url
+    # -- the background loop ----------------------------------------------------------------
+
+    def due(self, now: float) -> bool:
+        """Should the background loop fetch now?"""
+        if self._inflight is not None:
+            return False
+        if self._retry_at is not None:
+            return now >= self._retry_at
+        return self._token is None or now >= self._refresh_at
+
+    def next_wakeup(self, now: float) -> float:
+        """Seconds until the background loop has something to do."""
+        if self._retry_at is not None:
+            wait = self._retry_at - now
+        elif self._token is None:
+            wait = 0.0
+        else:
+            wait = self._refresh_at - now
+        if self._secret_stamp is not None or self._identity.config.client_secret_file:
+            wait = min(wait, self.policy.secret_poll)
+        return max(0.0, wait)
+
+    def secret_file_changed(self) -> bool:
+        """Notice a replaced secret file; after a failure, retry with it at once."""
+        stamp = self._identity.config.secret_file_stamp()
+        if stamp == self._secret_stamp:
+            return False
+        self._secret_stamp = stamp
+        log.info("client secret file changed", extra={"fields": {"event": "secret_changed"}})
+        if self._retry_at is not None:
+            self._retry_at = self._clock()
+        return True
+
+    async def run(self) -> None:
+        """Fetch at start, refresh before expiry, retry with backoff; until cancelled."""
+        while True:
+            await asyncio.sleep(self.next_wakeup(self._clock()))
+            self.secret_file_changed()
+            if self.due(self._clock()):
+                # Failures are recorded, logged and scheduled by _fetch; nothing to add here.
+                with contextlib.suppress(ConfigError, TokenEndpointError):
+                    await self.refresh()
+
+    # -- visibility -------------------------------------------------------------------------
 
     @property
     def token_endpoint(self) -> str | None:
-        return self._token_endpoint
+        return self._identity.token_endpoint
 
     def status(self) -> dict[str, Any]:
         """Token state for ``/token`` and ``/readyz``: timings only, never the token."""
         now = self._clock()
         token = self._token
         body: dict[str, Any] = {
-            "client_id": self._config.client_id,
-            "scopes": list(self._config.scopes),
-            "token_endpoint": self._token_endpoint,
-            "refresh_count": self._fetch_count,
-            "last_error": self.last_error,
+            "client_id": self._identity.config.client_id,
+            "scopes": list(self._identity.config.scopes),
+            "token_endpoint": self._identity.token_endpoint,
             "has_token": token is not None,
             "usable": token is not None and token.usable(now),
+            "refresh_count": self._generation,
+            "consecutive_failures": self._failures,
+            "last_error": self.last_error,
+            "credentials_refused": self._refused,
+            "retry_in_seconds": (
+                round(max(0.0, self._retry_at - now), 3) if self._retry_at is not None else None
+            ),
         }
         if token is not None:
+            body["generation"] = token.generation
             body["age_seconds"] = round(now - token.obtained_at, 3)
             body["expires_in_seconds"] = round(token.obtained_at + token.lifetime - now, 3)
             body["usable_for_seconds"] = round(max(0.0, token.usable_until - now), 3)
             body["expires_at_unix"] = round(token.expires_at_unix, 3)
+            body["next_refresh_in_seconds"] = round(max(0.0, self._refresh_at - now), 3)
         return body
-
-
-async def _json_or_none(resp: aiohttp.ClientResponse) -> Any:
-    try:
-        return await resp.json(content_type=None)
-    except (ValueError, aiohttp.ClientError):
-        return None

@@ -131,7 +131,7 @@ class Upstream:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: aiohttp.StreamReader | None,
+        body: bytes | aiohttp.StreamReader | None,
     ) -> aiohttp.ClientResponse:
         """Send one attempt and return once EXACT's response headers have arrived.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -40,7 +42,8 @@ async def test_healthz(gateway: Gateway) -> None:
 async def test_readyz_ready_once_a_token_is_held(
     gateway: Gateway, upstream: ScriptedUpstream
 ) -> None:
-    """/readyz is 200 with a usable token, and obtains one if none is held yet."""
+    """/readyz turns 200 once the start-up token fetch has succeeded (one token request)."""
+    await asyncio.wait_for(gateway.tokens.ready_event.wait(), 5)
     async with aiohttp.ClientSession() as client:
         async with client.get(admin_url(gateway, "/readyz")) as resp:
             assert resp.status == 200

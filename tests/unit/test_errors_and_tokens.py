@@ -7,7 +7,8 @@ import base64
 import pytest
 
 from gateway.errors import BadRequest, TokenUnavailable, UpstreamTimeout, UpstreamUnreachable
-from gateway.tokens import AccessToken, basic_credentials, safety_margin
+from gateway.identity import basic_credentials
+from gateway.tokens import AccessToken, safety_margin
 
 
 def test_problem_document_shape() -> None:
@@ -60,14 +61,18 @@ def test_safety_margin(lifetime: float, margin: float) -> None:
 
 def test_token_usable_until_margin() -> None:
     """A 60 s token obtained at t=100 is usable until t=154 and not after."""
-    token = AccessToken(value="t", obtained_at=100.0, lifetime=60.0, expires_at_unix=0.0)
+    token = AccessToken(
+        value="t", generation=1, obtained_at=100.0, lifetime=60.0, expires_at_unix=0.0
+    )
     assert token.usable(153.9)
     assert not token.usable(154.0)
 
 
 def test_token_value_hidden_from_repr() -> None:
     """repr() of a token never shows its value."""
-    token = AccessToken(value="eyJsecret", obtained_at=0.0, lifetime=60.0, expires_at_unix=0.0)
+    token = AccessToken(
+        value="eyJsecret", generation=1, obtained_at=0.0, lifetime=60.0, expires_at_unix=0.0
+    )
     assert "eyJsecret" not in repr(token)
 
 

@@ -1,0 +1,221 @@
+"""The client of EXACT's identity server: discovery and the client-credentials token request.
+
+EXACT's identity server is a standard OpenID provider: the token endpoint is found through
+``AUTHORITY_URL/.well-known/openid-configuration`` (unless ``TOKEN_URL`` is set), and a token
+is requested with HTTP Basic ``client_id:client_secret`` and a form body
+``grant_type=client_credentials&scope=...`` (``shared/exact-api.md`` section 1.3). Any provider
+that follows the standard works, whatever path it names for its token endpoint and whether
+its tokens are JWTs or opaque strings (the gateway never looks inside a token).
+
+This is the one place where failures of the identity server are translated: a refused client
+becomes :class:`CredentialsRejected` (a configuration problem, not worth retrying quickly),
+anything else :class:`TokenEndpointError` with a ``kind`` that is also the metric label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+from yarl import URL
+
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+# Used when a token response omits expires_in: short, so a wrong guess costs little.
+DEFAULT_LIFETIME_SECONDS = 300.0
+MAX_LIFETIME_SECONDS = 86400.0
+REFUSALS = frozenset({"invalid_client", "invalid_scope", "unauthorized_client"})
+
+
+class CredentialsRejected(ConfigError):
+    """The identity server refused our client id, secret or scopes (invalid_client/_scope)."""
+
+    def __init__(self, error: str, description: str | None) -> None:
+        self.error = error
+        detail = f": {description}" if description else ""
+        super().__init__(f"the identity server refused the credentials ({error}{detail})")
+
+
+class TokenEndpointError(Exception):
+    """The identity server could not be reached or gave an unusable answer.
+
+    ``kind`` is one of ``timeout``, ``unreachable``, ``server_error``, ``bad_response``.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A token as the identity server issued it."""
+
+    value: str = field(repr=False)
+    lifetime: float
+
+
+def basic_credentials(client_id: str, secret: str) -> str:
+    """``Basic base64(client_id:client_secret)``, exactly as EXACT's documentation builds it."""
+    raw = f"{client_id}:{secret}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenConfig:
+    client_id: str
+    client_secret: SecretStr | None
+    client_secret_file: Path | None
+    scopes: tuple[str, ...]
+    authority_url: str
+    token_url: str | None
+    timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenConfig:
+        return cls(
+            client_id=settings.client_id or "",
+            client_secret=settings.client_secret,
+            client_secret_file=settings.client_secret_file,
+            scopes=settings.scopes,
+            authority_url=settings.resolved_authority_url(),
+            token_url=settings.token_url,
+            timeout=settings.token_timeout_seconds,
+        )
+
+    async def read_secret(self) -> str:
+        """The current secret. The file is read at each fetch, so a rotated Secret is used."""
+        if self.client_secret_file is not None:
+            try:
+                text = await asyncio.to_thread(self.client_secret_file.read_text, "utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"EXACT_GATEWAY_CLIENT_SECRET_FILE: cannot read the file ({exc.strerror})"
+                ) from None
+            secret = text.strip()
+            if not secret:
+                raise ConfigError("EXACT_GATEWAY_CLIENT_SECRET_FILE: the file is empty")
+            return secret
+        if self.client_secret is None:
+            raise ConfigError("EXACT_GATEWAY_CLIENT_SECRET: not set")
+        return self.client_secret.get_secret_value()
+
+    def secret_file_stamp(self) -> tuple[int, int, int] | None:
+        """What changes when the secret file is replaced (Kubernetes swaps a symlink)."""
+        if self.client_secret_file is None:
+            return None
+        try:
+            stat = os.stat(self.client_secret_file)
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+class IdentityClient:
+    """Discovers the token endpoint and requests client-credentials tokens."""
+
+    def __init__(self, config: TokenConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self._session = session
+        self._token_endpoint: str | None = config.token_url
+
+    def __repr__(self) -> str:
+        return f"<IdentityClient client_id={self.config.client_id!r}>"
+
+    @property
+    def token_endpoint(self) -> str | None:
+        return self._token_endpoint
+
+    async def request_token(self) -> Grant:
+        """One token request (after discovery if needed), or a translated failure."""
+        endpoint = await self._discover()
+        secret = await self.config.read_secret()
+        form = {"grant_type": "client_credentials", "scope": " ".join(self.config.scopes)}
+        headers = {"Authorization": basic_credentials(self.config.client_id, secret)}
+        try:
+            async with self._session.post(
+                endpoint, data=form, headers=headers, timeout=self._timeout()
+            ) as resp:
+                payload = await _json_or_none(resp)
+                status = resp.status
+        except TimeoutError:
+            self._forget_endpoint()
+            raise TokenEndpointError("timeout", "token endpoint timed out") from None
+        except aiohttp.ClientError as exc:
+            self._forget_endpoint()
+            raise TokenEndpointError(
+                "unreachable", f"token endpoint unreachable ({type(exc).__name__})"
+            ) from None
+        if status in {400, 401} and isinstance(payload, dict):
+            error = str(payload.get("error", ""))
+            if error in REFUSALS:
+                description = payload.get("error_description")
+                raise CredentialsRejected(error, str(description) if description else None)
+        if status != 200 or not isinstance(payload, dict):
+            self._forget_endpoint()
+            kind = "server_error" if status >= 500 else "bad_response"
+            raise TokenEndpointError(kind, f"token endpoint answered HTTP {status}")
+        return _grant(payload)
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.config.timeout)
+
+    async def _discover(self) -> str:
+        if self._token_endpoint is not None:
+            return self._token_endpoint
+        url = self.config.authority_url + DISCOVERY_PATH
+        try:
+            async with self._session.get(url, timeout=self._timeout()) as resp:
+                document = await _json_or_none(resp)
+                status = resp.status
+        except TimeoutError:
+            raise TokenEndpointError("timeout", "discovery timed out") from None
+        except aiohttp.ClientError as exc:
+            raise TokenEndpointError(
+                "unreachable", f"discovery unreachable ({type(exc).__name__})"
+            ) from None
+        endpoint = document.get("token_endpoint") if isinstance(document, dict) else None
+        if status != 200 or not isinstance(endpoint, str):
+            kind = "server_error" if status >= 500 else "bad_response"
+            raise TokenEndpointError(kind, f"discovery document unusable (HTTP {status})")
+        parsed = URL(endpoint)
+        if parsed.scheme not in {"http", "https"} or not parsed.host:
+            raise TokenEndpointError("bad_response", "discovery names an invalid token endpoint")
+        # Never send the secret in clear text to an endpoint an HTTPS authority named.
+        if URL(self.config.authority_url).scheme == "https" and parsed.scheme != "https":
+            raise TokenEndpointError("bad_response", "discovery names a non-HTTPS token endpoint")
+        self._token_endpoint = endpoint
+        return endpoint
+
+    def _forget_endpoint(self) -> None:
+        # A failing endpoint may have moved: look it up again next time, unless it was set.
+        self._token_endpoint = self.config.token_url
+
+
+def _grant(payload: dict[str, Any]) -> Grant:
+    value = payload.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise TokenEndpointError("bad_response", "token response has no access_token")
+    try:
+        lifetime = float(payload.get("expires_in", DEFAULT_LIFETIME_SECONDS))
+    except (TypeError, ValueError):
+        lifetime = float("nan")
+    if not lifetime > 0:
+        raise TokenEndpointError("bad_response", "token response has an invalid expires_in")
+    # An absurd lifetime would postpone every refresh; a day is far beyond any real token.
+    return Grant(value, min(lifetime, MAX_LIFETIME_SECONDS))
+
+
+async def _json_or_none(resp: aiohttp.ClientResponse) -> Any:
+    try:
+        return await resp.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        return None
