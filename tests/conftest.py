@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
+import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,15 +22,42 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.app import Gateway, with_sandbox_defaults
-from gateway.sandbox import SandboxConfig, build_sandbox_app
+from gateway.sandbox import (
+    DEMO_CLIENT_SECRET,
+    LIMITED_CLIENT_SECRET,
+    SandboxConfig,
+    build_sandbox_app,
+)
 from gateway.settings import Settings, load_settings
+from tests.audit import AUDIT
 
 CLIENT_ID = "test-client"
 # A fake secret, distinctive so that log and metric searches can look for it.
 CLIENT_SECRET = "s3cr3t-test-value-9f2c"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    AUDIT.secrets.update({CLIENT_SECRET, DEMO_CLIENT_SECRET, LIMITED_CLIENT_SECRET})
+    logging.getLogger().addHandler(AUDIT.handler())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any log line or metric of any gateway held a secret or a token."""
+    leaks = AUDIT.leaks()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"leak audit: {len(AUDIT.log_lines)} log lines and {len(AUDIT.expositions)} metric"
+            f" expositions searched for {len(AUDIT.secrets)} secrets and"
+            f" {len(AUDIT.tokens)} issued tokens (and any JWT): {len(leaks)} found"
+        )
+        for leak in leaks[:20]:
+            reporter.write_line(f"  LEAK {leak}")
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)
@@ -95,8 +124,9 @@ class ScriptedUpstream:
             return web.json_response(
                 {"error": "invalid_client", "error_description": "bad secret"}, status=400
             )
-        token = f"upstream-token-{next(self._counter)}"
+        token = f"upstream-token-{next(self._counter)}-{secrets.token_hex(6)}"
         self.tokens_issued.append(token)
+        AUDIT.tokens.add(token)
         return web.json_response(
             {"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"}
         )
@@ -164,6 +194,7 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     for gateway in started:
         if gateway.proxy_port and not gateway.draining:
             await gateway.shutdown()
+        AUDIT.expositions.append(generate_latest(gateway.metrics.registry).decode())
 
 
 @pytest.fixture
@@ -203,7 +234,9 @@ class GatewayProcess:
     async def _pump(self) -> None:
         assert self.process.stderr is not None
         async for raw in self.process.stderr:
-            self.log_lines.append(raw.decode(errors="replace").rstrip("\n"))
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.log_lines.append(line)
+            AUDIT.log_lines.append(line)
 
     async def wait(self, timeout: float = 30) -> int:
         return await asyncio.wait_for(self.process.wait(), timeout)
@@ -242,6 +275,7 @@ async def spawn_gateway(env: dict[str, str], *args: str) -> GatewayProcess:
             raise AssertionError("gateway exited before listening:\n" + "\n".join(lines))
         line = raw.decode(errors="replace").rstrip("\n")
         lines.append(line)
+        AUDIT.log_lines.append(line)
         if '"event":"start"' in line:
             entry = json.loads(line)
             break

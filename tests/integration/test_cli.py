@@ -15,13 +15,16 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.sandbox import DEMO_CLIENT_ID, SandboxConfig, build_sandbox_app
+from tests.audit import AUDIT
 from tests.conftest import spawn_gateway
+
+AUDIT.secrets.update({"do-not-print-me", "wrong-secret-value"})
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {key: value for key, value in os.environ.items() if not key.startswith("EXACT_GATEWAY_")}
     base.update(env or {})
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         env=base,
         capture_output=True,
@@ -29,6 +32,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=60,
         check=False,
     )
+    AUDIT.log_lines.extend(result.stderr.splitlines())
+    AUDIT.log_lines.extend(result.stdout.splitlines())
+    return result
 
 
 async def run_cli_async(*args: str, env: dict[str, str]) -> tuple[int, str, str]:

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.logs import configure_logging
 from gateway.settings import LogFormat, LogLevel
+from tests.audit import RunAudit
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +85,14 @@ def test_aiohttp_access_log_is_silenced() -> None:
     configure_logging(LogLevel.DEBUG, LogFormat.JSON, stream)
     logging.getLogger("aiohttp.access").info('127.0.0.1 "GET /v1/x?name=Smith HTTP/1.1" 200')
     assert stream.getvalue() == ""
+
+
+def test_leak_audit_finds_a_planted_secret_and_token() -> None:
+    """The run-wide audit is not blind: a secret, a token or a JWT in a line is found."""
+    audit = RunAudit(secrets={"s3cret"}, tokens={"tok-123"})
+    audit.log_lines.append('{"msg": "clean"}')
+    assert audit.leaks() == []
+    audit.log_lines.append('{"msg": "x", "auth": "s3cret"}')
+    audit.expositions.append('metric{token="tok-123"} 1')
+    audit.log_lines.append("Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl")
+    assert len(audit.leaks()) == 3
