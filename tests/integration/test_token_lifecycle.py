@@ -1,0 +1,315 @@
+"""Token handling over real sockets against the sandbox's identity server and API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.app import Gateway, with_sandbox_defaults
+from gateway.sandbox import DEMO_CLIENT_SECRET, SandboxConfig, build_sandbox_app
+from gateway.settings import load_settings
+from gateway.tokens import TokenPolicy
+from tests.conftest import (
+    GatewayFactory,
+    ScriptedUpstream,
+    admin_url,
+    gateway_settings,
+    proxy_url,
+)
+
+DETAILS = "/v1/Practices/UKTEST1/details"
+FAST = TokenPolicy(retry_base=0.2, retry_cap=1.0, min_retry=0.1, secret_poll=0.1)
+
+SandboxFactory = Callable[..., Awaitable[TestServer]]
+SandboxGatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_sandbox() -> AsyncIterator[SandboxFactory]:
+    servers: list[TestServer] = []
+
+    async def make(**config: Any) -> TestServer:
+        server = TestServer(build_sandbox_app(SandboxConfig(**config)))
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def start_on_sandbox() -> AsyncIterator[SandboxGatewayFactory]:
+    """Start gateways in front of a sandbox, with a fast token policy unless told otherwise."""
+    started: list[Gateway] = []
+
+    async def start(sandbox: TestServer, policy: TokenPolicy = FAST, **overrides: Any) -> Gateway:
+        settings = load_settings(
+            environment="sandbox",
+            api_url=str(sandbox.make_url("")).rstrip("/"),
+            host="127.0.0.1",
+            port=0,
+            admin_host="127.0.0.1",
+            admin_port=0,
+            shutdown_grace_seconds=0,
+            **overrides,
+        )
+        gateway = Gateway(with_sandbox_defaults(settings), token_policy=policy)
+        await gateway.start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        await gateway.shutdown()
+
+
+async def control(sandbox: TestServer, method: str, path: str, body: Any = None) -> Any:
+    async with aiohttp.ClientSession() as client:
+        async with client.request(method, sandbox.make_url(f"/_sandbox{path}"), json=body) as r:
+            assert r.status in {200, 201}, await r.text()
+            return await r.json()
+
+
+async def token_requests(sandbox: TestServer) -> int:
+    identity = await control(sandbox, "GET", "/identity")
+    return int(identity["token_requests"]["total"])
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def ready(gateway: Gateway) -> bool:
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin_url(gateway, "/readyz")) as resp:
+            return resp.status == 200
+
+
+async def test_cold_start_1000_concurrent_requests_one_token_request(
+    make_sandbox: SandboxFactory, start_on_sandbox: SandboxGatewayFactory
+) -> None:
+    """1,000 requests at once on a cold gateway: all answered, one token request in all."""
+    sandbox = await make_sandbox()
+    await control(sandbox, "PUT", "/identity", {"mode": "slow", "latency_s": 0.3})
+    gateway = await start_on_sandbox(sandbox)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as client:
+
+        async def one() -> int:
+            async with client.get(proxy_url(gateway, DETAILS)) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(1000)))
+    assert statuses.count(200) == 1000
+    assert await token_requests(sandbox) == 1
+
+
+async def test_short_lived_tokens_never_reach_exact_expired(
+    make_sandbox: SandboxFactory, start_on_sandbox: SandboxGatewayFactory
+) -> None:
+    """Steady traffic with 3 s tokens: every request 200 (no expired token seen by EXACT),
+    and refreshes come at about 80% of the lifetime."""
+    sandbox = await make_sandbox(token_lifetime_s=3)
+    gateway = await start_on_sandbox(sandbox)
+    statuses: list[int] = []
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as client:
+        while time.monotonic() - started < 7.5:
+            async with client.get(proxy_url(gateway, DETAILS)) as resp:
+                statuses.append(resp.status)
+            await asyncio.sleep(0.02)
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    # 7.5 s / (0.8 x 3 s) = about 3 refreshes, plus the first token.
+    assert 3 <= await token_requests(sandbox) <= 5
+
+
+async def test_revoked_token_costs_callers_nothing(
+    make_sandbox: SandboxFactory,
+    start_on_sandbox: SandboxGatewayFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Revocation mid-traffic: one refresh, every request replayed to success."""
+    sandbox = await make_sandbox()
+    gateway = await start_on_sandbox(sandbox)
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as client:
+
+        async def caller() -> None:
+            for _ in range(40):
+                async with client.get(proxy_url(gateway, DETAILS)) as resp:
+                    statuses.append(resp.status)
+                await asyncio.sleep(0.01)
+
+        callers = [asyncio.create_task(caller()) for _ in range(10)]
+        await asyncio.sleep(0.15)
+        await control(sandbox, "POST", "/identity/revoke")
+        await asyncio.gather(*callers)
+    assert statuses.count(200) == len(statuses) == 400
+    assert await token_requests(sandbox) == 2
+    rejected = [
+        r for r in caplog.records if getattr(r, "fields", {}).get("event") == "token_rejected"
+    ]
+    assert len(rejected) == 1
+
+
+async def test_identity_down_from_start_then_recovers(
+    make_sandbox: SandboxFactory,
+    start_on_sandbox: SandboxGatewayFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Identity server failing: 503 token_unavailable with Retry-After, retries back off;
+    when it recovers the gateway does too, without a restart."""
+    sandbox = await make_sandbox()
+    await control(sandbox, "PUT", "/identity", {"mode": "failing"})
+    gateway = await start_on_sandbox(sandbox)
+    await asyncio.sleep(2.5)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy_url(gateway, DETAILS)) as resp:
+            assert resp.status == 503
+            assert resp.headers["X-Gateway-Error"] == "token_unavailable"
+            assert int(resp.headers["Retry-After"]) >= 1
+            problem = await resp.json(content_type=None)
+    assert problem["reason"] == "token_unavailable"
+    assert not await ready(gateway)
+    failures = [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "fields", {}).get("event") == "token_failed"
+    ]
+    schedule = [f["retry_in"] for f in failures]
+    print(f"token retry schedule (s): {schedule}")
+    for f in failures:
+        assert f["retry_in"] <= FAST.retry_ceiling(f["consecutive_failures"], False) + 1e-6
+    # 2.5 s with waits growing to a 1 s cap: a handful of tries, not a tight loop.
+    attempts = await token_requests(sandbox)
+    assert 3 <= attempts <= 15
+    await control(sandbox, "PUT", "/identity", {"mode": "normal"})
+    await wait_until(lambda: ready(gateway), timeout=3)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy_url(gateway, DETAILS)) as resp:
+            assert resp.status == 200
+
+
+async def test_rotated_secret_file_is_used_without_restart(
+    make_sandbox: SandboxFactory, start_on_sandbox: SandboxGatewayFactory, tmp_path: Path
+) -> None:
+    """Wrong secret in the mounted file: refused; the file is replaced: the gateway recovers."""
+    sandbox = await make_sandbox()
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("an-old-secret")
+    gateway = await start_on_sandbox(sandbox, client_secret_file=str(secret_file))
+    await asyncio.sleep(0.5)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin_url(gateway, "/readyz")) as resp:
+            assert resp.status == 503
+            assert "invalid_client" in (await resp.json())["reason"]
+    rotated = tmp_path / "client-secret.new"
+    rotated.write_text(DEMO_CLIENT_SECRET + "\n")
+    rotated.replace(secret_file)
+    await wait_until(lambda: ready(gateway), timeout=3)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy_url(gateway, DETAILS)) as resp:
+            assert resp.status == 200
+
+
+async def test_refused_credentials_are_not_retried_in_a_tight_loop(
+    make_sandbox: SandboxFactory, start_on_sandbox: SandboxGatewayFactory
+) -> None:
+    """invalid_client: one token request, then a long wait (the default 30 s base)."""
+    sandbox = await make_sandbox()
+    await control(sandbox, "PUT", "/identity", {"mode": "refusing"})
+    gateway = await start_on_sandbox(sandbox, policy=TokenPolicy())
+    await asyncio.sleep(1.0)
+    async with aiohttp.ClientSession() as client:
+        for _ in range(20):
+            async with client.get(proxy_url(gateway, DETAILS)) as resp:
+                assert resp.status == 503
+        async with client.get(admin_url(gateway, "/token")) as resp:
+            status = await resp.json()
+    assert status["credentials_refused"] is True
+    assert "invalid_client" in status["last_error"]
+    assert await token_requests(sandbox) <= 2
+
+
+async def scripted_401_for_first_token(upstream: ScriptedUpstream) -> None:
+    """EXACT refuses the first token issued and accepts any later one."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") == f"Bearer {upstream.tokens_issued[0]}":
+            return web.Response(status=401, text="token revoked")
+        return web.json_response({"body": (await request.read()).decode()})
+
+    upstream.handler = handler
+
+
+async def test_401_replays_a_buffered_body_once(
+    upstream: ScriptedUpstream, start_gateway: GatewayFactory
+) -> None:
+    """A POST with a small body: 401 on the old token, replayed once with the same body."""
+    await scripted_401_for_first_token(upstream)
+    gateway = await start_gateway(gateway_settings(upstream.url))
+    async with aiohttp.ClientSession() as client:
+        async with client.post(
+            proxy_url(gateway, "/v1/Practices/UKTEST1/Patients/p/Contact"), data=b'{"x": 1}'
+        ) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"body": '{"x": 1}'}
+    assert [seen.body for seen in upstream.seen] == [b'{"x": 1}', b'{"x": 1}']
+    assert len(upstream.tokens_issued) == 2
+
+
+async def test_401_with_a_streamed_body_is_returned_and_the_token_replaced(
+    upstream: ScriptedUpstream, start_gateway: GatewayFactory
+) -> None:
+    """A body too big to buffer cannot be replayed: the caller gets EXACT's 401 unchanged,
+    and the next request goes out with a new token."""
+    await scripted_401_for_first_token(upstream)
+    gateway = await start_gateway(gateway_settings(upstream.url, replay_buffer_bytes=4))
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy_url(gateway, "/v1/x"), data=b"0123456789") as resp:
+            assert resp.status == 401
+            assert await resp.text() == "token revoked"
+            assert "X-Gateway-Error" not in resp.headers
+        async with client.post(proxy_url(gateway, "/v1/x"), data=b"0123456789") as resp:
+            assert resp.status == 200
+    assert len(upstream.seen) == 2
+    assert len(upstream.tokens_issued) == 2
+
+
+async def test_persistent_401_goes_back_unchanged_after_one_replay(
+    upstream: ScriptedUpstream, start_gateway: GatewayFactory
+) -> None:
+    """EXACT refuses every token: one refresh, one replay, then its 401 reaches the caller."""
+
+    async def always_401(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=401, text="nope", headers={"WWW-Authenticate": "Bearer"})
+
+    upstream.handler = always_401
+    gateway = await start_gateway(gateway_settings(upstream.url))
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy_url(gateway, DETAILS)) as resp:
+            assert resp.status == 401
+            assert await resp.text() == "nope"
+            assert resp.headers["WWW-Authenticate"] == "Bearer"
+        # Within the refresh interval, a fresh token's 401 stands: no refresh storm.
+        for _ in range(5):
+            async with client.get(proxy_url(gateway, DETAILS)) as resp:
+                assert resp.status == 401
+    assert len(upstream.seen) == 2 + 5
+    assert len(upstream.tokens_issued) == 2
