@@ -185,18 +185,20 @@ class TokenSource:
         """
         now = self._clock()
         current = self._token
-        if current is not None and current.value != rejected and current.usable(now):
-            return current.value  # another request already replaced it
-        if self._inflight is None:
-            if now - self._last_unauthorized_refresh < self.policy.unauthorized_refresh_interval:
-                return None
-            self._last_unauthorized_refresh = now
-            if current is not None and current.value == rejected:
+        if current is not None and current.usable(now):
+            if current.value != rejected:
+                return current.value  # another request already replaced it
+            if self._inflight is None:
+                since = now - self._last_unauthorized_refresh
+                if since < self.policy.unauthorized_refresh_interval:
+                    return None
+                self._last_unauthorized_refresh = now
                 self._token = None  # never send a token EXACT has refused
-            log.warning(
-                "EXACT refused the access token; fetching a new one",
-                extra={"fields": {"event": "token_rejected"}},
-            )
+                log.warning(
+                    "EXACT refused the access token; fetching a new one",
+                    extra={"fields": {"event": "token_rejected"}},
+                )
+        # No usable token (or a refresh already under way): wait for one, or answer 503.
         return await self.get()
 
     def _unavailable(self, retry_in: float) -> TokenUnavailable:

@@ -260,3 +260,18 @@ async def test_changed_secret_file_retries_at_once(tmp_path: Path) -> None:
     replacement.replace(secret)  # a new inode, as Kubernetes' atomic symlink swap gives
     assert source.secret_file_changed()
     assert source.due(clock.now)
+
+
+async def test_401_while_identity_is_down_is_a_503_not_a_401() -> None:
+    """The token EXACT refused cannot be replaced now: token_unavailable, never a bare 401."""
+    clock = FakeClock()
+    identity = FakeIdentity(
+        clock, answer=lambda n: None if n == 1 else TokenEndpointError("unreachable", "down")
+    )
+    source = make_source(identity)
+    first = await source.get()
+    with pytest.raises(TokenUnavailable):
+        await source.replace(first)
+    clock.now += 1  # still inside the 5 s window, and still no token
+    with pytest.raises(TokenUnavailable):
+        await source.replace(first)
