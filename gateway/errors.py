@@ -9,6 +9,7 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
 
     Exception
     ├── ConfigError                      bad settings or refused credentials: stop at start-up
+    ├── CallerGone                       the caller went away mid-request: nothing to answer
     └── GatewayError                     answered to the caller as problem+json
         ├── BadRequest                   400 bad_request: not a request we will forward
         ├── TokenUnavailable             503 token_unavailable: no usable bearer token
@@ -24,6 +25,11 @@ from typing import Any, ClassVar
 
 class ConfigError(Exception):
     """Configuration the gateway cannot run with. The message names the setting, never a secret."""
+
+
+class CallerGone(Exception):
+    """The caller disconnected (e.g. while sending its body): logged as 499, never blamed on
+    EXACT, whose reachability it says nothing about."""
 
 
 class GatewayError(Exception):

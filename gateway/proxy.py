@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import StreamReader, web
 
-from gateway.errors import GatewayError
+from gateway.errors import CallerGone, GatewayError
 from gateway.metrics import Metrics
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
 from gateway.tokens import TokenSource
@@ -112,6 +112,9 @@ class Proxy:
             if error.practice_id is None:
                 error.practice_id = exchange.practice_id
             return problem_response(error, exchange.request_id)
+        except CallerGone:
+            exchange.status, exchange.error = CLIENT_CLOSED_REQUEST, "client_disconnected"
+            return web.Response(status=CLIENT_CLOSED_REQUEST)  # nobody is left to read it
         except asyncio.CancelledError:
             exchange.status = CLIENT_CLOSED_REQUEST
             raise
@@ -189,7 +192,10 @@ class Proxy:
             return None, True
         length = request.content_length
         if length is not None and length <= self._replay_buffer_bytes:
-            return await request.read(), True
+            try:
+                return await request.read(), True
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise CallerGone from exc
         return request.content, False
 
     async def _attempt(
@@ -206,6 +212,9 @@ class Proxy:
         try:
             upstream = await self._upstream.send(request.method, target.path, headers, body)
         except GatewayError as error:
+            if isinstance(body, StreamReader) and body.exception() is not None:
+                # The send failed because the caller's body broke off, not because of EXACT.
+                raise CallerGone from error
             self._observe_attempt(target.route, error.reason, sent)
             raise
         self._observe_attempt(target.route, str(upstream.status), sent)

@@ -383,3 +383,29 @@ async def test_caller_leaving_mid_stream_leaves_gateway_healthy(
         {"method": "GET", "route": "/v1/Practices/{practiceId}/Appointments", "status_code": "499"},
     )
     assert hung_up == 1
+
+
+@pytest.mark.parametrize("length", [100, 5_000_000], ids=["buffered", "streamed"])
+async def test_caller_hanging_up_mid_upload_is_a_499_not_an_exact_failure(
+    gateway: Gateway, upstream: ScriptedUpstream, caplog: pytest.LogCaptureFixture, length: int
+) -> None:
+    """A caller that stops sending its body is logged 499 client_disconnected: not a gateway
+    bug (500) and not EXACT being unreachable (502), whether the body was buffered or streamed."""
+    _reader, writer = await asyncio.open_connection("127.0.0.1", gateway.proxy_port)
+    writer.write(
+        b"POST /v1/Practices/UKTEST1/Patients/x/Contact HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Length: {length}\r\n\r\n".encode()
+        + b"0123456789"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    for _ in range(40):
+        lines = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "request"]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    (line,) = lines
+    assert line.fields["status"] == 499  # type: ignore[attr-defined]
+    assert line.fields["error"] == "client_disconnected"  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.getMessage() == "unexpected error"]
