@@ -1,4 +1,4 @@
-"""The admin port: health, readiness, metrics and token status, for probes and people.
+"""The admin port: health, readiness, metrics, token and breaker status, for probes and people.
 
 It listens separately from the proxy so Prometheus and kubelet never compete with callers, and
 it keeps answering during a drain (readiness says ``draining``) until the process exits.
@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.metrics import Metrics
+from gateway.resilience import Resilience
 from gateway.tokens import TokenSource
 
 
@@ -23,6 +24,7 @@ class Lifecycle(Protocol):
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 TOKENS: web.AppKey[TokenSource] = web.AppKey("tokens", TokenSource)
+RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience", Resilience)
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 
 
@@ -52,15 +54,22 @@ async def token(request: web.Request) -> web.Response:
     return web.json_response(request.app[TOKENS].status())
 
 
+async def breakers(request: web.Request) -> web.Response:
+    """Every practice breaker that is not closed, the partner-wide one, and counts."""
+    return web.json_response(request.app[RESILIENCE].breaker_status())
+
+
 def build_admin_app(
-    metrics_: Metrics, tokens: TokenSource, lifecycle: Lifecycle
+    metrics_: Metrics, tokens: TokenSource, resilience: Resilience, lifecycle: Lifecycle
 ) -> web.Application:
     app = web.Application()
     app[METRICS] = metrics_
     app[TOKENS] = tokens
+    app[RESILIENCE] = resilience
     app[LIFECYCLE] = lifecycle
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/token", token)
+    app.router.add_get("/breakers", breakers)
     return app

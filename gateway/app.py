@@ -29,6 +29,7 @@ from gateway.admin import build_admin_app
 from gateway.identity import IdentityClient, TokenConfig
 from gateway.metrics import Metrics, build_metrics
 from gateway.proxy import Proxy
+from gateway.resilience import BreakerCollector, Resilience
 from gateway.settings import Environment, SandboxServerSettings, Settings
 from gateway.tokens import TokenPolicy, TokenSource
 from gateway.upstream import Upstream, build_session
@@ -95,16 +96,22 @@ class Gateway:
             self.metrics,
             self._token_policy,
         )
+        self.resilience = Resilience(settings, self.metrics)
+        self.metrics.registry.register(BreakerCollector(self.resilience))
         self.proxy = Proxy(
             Upstream(api_session, api_url, settings.attempt_timeout_seconds),
             self.tokens,
             self.metrics,
-            replay_buffer_bytes=settings.replay_buffer_bytes,
+            self.resilience,
+            attempt_timeout=settings.attempt_timeout_seconds,
             deadline=settings.deadline_seconds,
+            replay_buffer_bytes=settings.replay_buffer_bytes,
         )
 
         self._admin_runner = web.AppRunner(
-            build_admin_app(self.metrics, self.tokens, self), access_log=None, shutdown_timeout=1
+            build_admin_app(self.metrics, self.tokens, self.resilience, self),
+            access_log=None,
+            shutdown_timeout=1,
         )
         self._proxy_runner = web.ServerRunner(
             web.Server(self.proxy, access_log=None),

@@ -13,8 +13,14 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
     └── GatewayError                     answered to the caller as problem+json
         ├── BadRequest                   400 bad_request: not a request we will forward
         ├── TokenUnavailable             503 token_unavailable: no usable bearer token
+        ├── CircuitOpen                  503 circuit_open: the practice's breaker is open
+        ├── UpstreamCircuitOpen          503 upstream_circuit_open: the partner-wide breaker is open
+        ├── PracticeBusy                 503 practice_busy: the practice's concurrency limit is full
+        ├── GatewayBusy                  503 gateway_busy: the global concurrency limit is full
+        ├── RetryBudgetExhausted         503 retry_budget_exhausted: retries would multiply load
         ├── UpstreamUnreachable          502 upstream_unreachable: the EXACT host is not reachable
-        └── UpstreamTimeout              504 upstream_timeout: EXACT did not answer in time
+        ├── UpstreamTimeout              504 upstream_timeout: an attempt got no answer in time
+        └── DeadlineExceeded             504 deadline_exceeded: the request's deadline passed
 """
 
 from __future__ import annotations
@@ -87,13 +93,65 @@ class TokenUnavailable(GatewayError):
     title = "No access token available"
 
 
+class CircuitOpen(GatewayError):
+    status = 503
+    reason = "circuit_open"
+    title = "The practice is failing; calls are paused"
+
+
+class UpstreamCircuitOpen(GatewayError):
+    status = 503
+    reason = "upstream_circuit_open"
+    title = "The EXACT API is failing; calls are paused"
+
+
+class PracticeBusy(GatewayError):
+    status = 503
+    reason = "practice_busy"
+    title = "Too many requests in flight for this practice"
+
+
+class GatewayBusy(GatewayError):
+    status = 503
+    reason = "gateway_busy"
+    title = "Too many requests in flight"
+
+
+class RetryBudgetExhausted(GatewayError):
+    status = 503
+    reason = "retry_budget_exhausted"
+    title = "Retry budget exhausted"
+
+
 class UpstreamUnreachable(GatewayError):
+    """The EXACT host could not be reached, or the connection failed.
+
+    ``sent`` is False only when the failure happened before any byte of the request left
+    (connecting, TLS): then even a POST can be retried without risking a duplicate.
+    """
+
     status = 502
     reason = "upstream_unreachable"
     title = "The EXACT API could not be reached"
 
+    def __init__(self, detail: str, *, sent: bool = True, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.sent = sent
+
 
 class UpstreamTimeout(GatewayError):
+    """No answer in time. ``connecting`` says the EXACT host itself did not accept us."""
+
     status = 504
     reason = "upstream_timeout"
     title = "The EXACT API did not answer in time"
+
+    def __init__(self, detail: str, *, connecting: bool = False, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.connecting = connecting
+
+
+class DeadlineExceeded(GatewayError):
+    status = 504
+    reason = "deadline_exceeded"
+    title = "The request's deadline passed"

@@ -41,6 +41,10 @@ class Metrics:
     token_requests: Counter
     token_request_duration: Histogram
     token_expiry: Gauge
+    retries: Counter
+    retries_skipped: Counter
+    rejected: Counter
+    breaker_transitions: Counter
 
 
 def build_metrics(environment: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -115,6 +119,35 @@ def build_metrics(environment: str, registry: CollectorRegistry | None = None) -
         token_expiry=Gauge(
             "token_expiry_timestamp_seconds",
             "Unix time at which the current access token expires (0 when none is held).",
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        retries=Counter(
+            "retries_total",
+            "Attempts repeated after a retryable outcome, by that outcome.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        retries_skipped=Counter(
+            "retries_skipped_total",
+            "Retryable outcomes not retried, by the rule that stopped it"
+            " (budget, deadline, retry_after, attempts, not_idempotent, breaker).",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        rejected=Counter(
+            "rejected_requests_total",
+            "Requests answered with an error of the gateway's own, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        breaker_transitions=Counter(
+            "circuit_breaker_transitions_total",
+            "Circuit breaker state changes, by scope (practice or upstream) and new state.",
+            ["scope", "state"],
             namespace=NAMESPACE,
             registry=registry,
         ),

@@ -1,10 +1,19 @@
-"""The request path: guard the target, attach the token, forward, stream back, observe.
+"""The request path: guard, limit, admit, attach the token, attempt (and retry), stream back.
 
 One handler serves every request on the proxy port (aiohttp's low-level server, so no router
-sits in front of it: ``CONNECT`` and ``*`` targets reach the guard instead of a 404). Bodies
-stream both ways; nothing is buffered but aiohttp's own read buffers, so a 50 MB answer costs
-a few hundred kilobytes of memory. Errors the gateway produces itself are problem+json with
-``X-Gateway-Error``; answers from EXACT, errors included, pass through untouched.
+sits in front of it: ``CONNECT`` and ``*`` targets reach the guard instead of a 404). For each
+request, in order:
+
+1. the target guard (:mod:`gateway.routes`) and the caller's ``X-Gateway-Timeout``;
+2. the concurrency limits (:mod:`gateway.bulkhead`), held for the whole request;
+3. for each attempt: the breakers (:mod:`gateway.resilience`), the token, one call to EXACT;
+   its outcome feeds the breakers; a retryable outcome is retried when the retry policy, the
+   deadline and the retry budget all allow it (:mod:`gateway.retry`, :mod:`gateway.budget`);
+4. the response streams back. Nothing is buffered but aiohttp's read buffers and, when a
+   replay is possible, a small request body, so a 50 MB answer costs a few hundred kilobytes.
+
+Errors the gateway produces itself are problem+json with ``X-Gateway-Error``; answers from
+EXACT, errors included, pass through untouched.
 """
 
 from __future__ import annotations
@@ -20,8 +29,17 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import StreamReader, web
 
-from gateway.errors import CallerGone, GatewayError
+from gateway.errors import (
+    BadRequest,
+    CallerGone,
+    DeadlineExceeded,
+    GatewayError,
+    RetryBudgetExhausted,
+    UpstreamTimeout,
+)
 from gateway.metrics import Metrics
+from gateway.resilience import Resilience
+from gateway.retry import decide, parse_retry_after, retry_reason
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
 from gateway.tokens import TokenSource
 from gateway.upstream import Upstream, request_headers, response_headers
@@ -34,6 +52,19 @@ CLIENT_CLOSED_REQUEST = 499
 # A caller's request id is reused only when it is short and plain, so it cannot forge log
 # lines or smuggle data into upstream headers.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def deadline_for(header: str | None, default: float) -> float:
+    """Seconds the request may take: the setting, or less if the caller asks for less."""
+    if header is None:
+        return default
+    try:
+        asked = float(header)
+    except ValueError:
+        asked = float("nan")
+    if not asked > 0:  # also refuses nan and inf
+        raise BadRequest("X-Gateway-Timeout must be a positive number of seconds")
+    return min(asked, default)
 
 
 def request_id_for(supplied: str | None) -> str:
@@ -64,7 +95,7 @@ class Exchange:
 
     request_id: str
     method: str
-    deadline: float  # perf_counter() time by which the caller must have an answer
+    deadline: float = 0.0  # resilience-clock time by which the caller must have an answer
     route: str = OTHER_ROUTE
     practice_id: str | None = None
     status: int = 500
@@ -80,35 +111,42 @@ class Proxy:
         upstream: Upstream,
         tokens: TokenSource,
         metrics: Metrics,
+        resilience: Resilience,
         *,
-        replay_buffer_bytes: int = 1024 * 1024,
+        attempt_timeout: float = 30.0,
         deadline: float = 60.0,
+        replay_buffer_bytes: int = 1024 * 1024,
     ) -> None:
-        self._deadline = deadline
         self._upstream = upstream
         self._tokens = tokens
         self._metrics = metrics
+        self._resilience = resilience
+        self._clock = resilience.clock
+        self._attempt_timeout = attempt_timeout
+        self._deadline = deadline
         self._replay_buffer_bytes = replay_buffer_bytes
         self.inflight = 0
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         exchange = Exchange(
-            request_id_for(request.headers.get("X-Request-ID")),
-            method_label(request.method),
-            deadline=started + self._deadline,
+            request_id_for(request.headers.get("X-Request-ID")), method_label(request.method)
         )
         self.inflight += 1
         self._metrics.inflight.inc()
         try:
             target = parse_target(request.method, request.raw_path)
             exchange.route, exchange.practice_id = target.route, target.practice_id
-            response = await self._forward(request, target, exchange)
+            exchange.deadline = self._clock() + deadline_for(
+                request.headers.get("X-Gateway-Timeout"), self._deadline
+            )
+            response = await self._within_limits(request, target, exchange)
             if exchange.status != CLIENT_CLOSED_REQUEST:
                 exchange.status = response.status
             return response
         except GatewayError as error:
             exchange.error, exchange.status = error.reason, error.status
+            self._metrics.rejected.labels(error.reason).inc()
             if error.practice_id is None:
                 error.practice_id = exchange.practice_id
             return problem_response(error, exchange.request_id)
@@ -130,24 +168,130 @@ class Proxy:
             self._metrics.inflight.dec()
             self._observe(exchange, time.perf_counter() - started)
 
+    async def _within_limits(
+        self, request: web.BaseRequest, target: Target, exchange: Exchange
+    ) -> web.StreamResponse:
+        bulkhead = self._resilience.bulkhead
+        bulkhead.acquire(target.practice_id)
+        try:
+            return await self._forward(request, target, exchange)
+        finally:
+            bulkhead.release(target.practice_id)
+
     async def _forward(
         self, request: web.BaseRequest, target: Target, exchange: Exchange
     ) -> web.StreamResponse:
+        resilience = self._resilience
         body, replayable = await self._body(request)
-        token = await self._tokens.get(wait=exchange.deadline - time.perf_counter())
-        upstream = await self._attempt(request, target, exchange, token, body)
-        if upstream.status == 401:
-            # EXACT refused the token (revoked, or expired in a way we could not see). Get a
-            # new one once per token generation and replay if the body allows; otherwise the
-            # 401 goes back unchanged.
-            try:
-                replacement = await self._tokens.replace(token)
-            except GatewayError:
-                upstream.close()
-                raise
-            if replacement is not None and replayable:
-                upstream.close()
-                upstream = await self._attempt(request, target, exchange, replacement, body)
+        token = await self._tokens.get(wait=exchange.deadline - self._clock())
+        keyed = "Idempotency-Key" in request.headers
+        resilience.budget.record_request(self._clock())
+        replayed_401 = False
+        while True:
+            upstream, error = await self._attempt(request, target, exchange, token, body)
+            if upstream is not None and upstream.status == 401 and not replayed_401:
+                # EXACT refused the token (revoked, or expired in a way we could not see).
+                # A new one once per token generation, and one replay if the body allows.
+                replayed_401 = True
+                try:
+                    replacement = await self._tokens.replace(token)
+                except GatewayError:
+                    upstream.close()
+                    raise
+                if replacement is not None and replayable:
+                    upstream.close()
+                    token = replacement
+                    continue
+            status = upstream.status if upstream is not None else None
+            reason = retry_reason(status, error)
+            if reason is None:
+                break
+            why = "body_streamed"
+            if replayable:
+                verdict = decide(
+                    resilience.retry,
+                    attempt=exchange.attempts,
+                    reason=reason,
+                    method=request.method,
+                    has_idempotency_key=keyed,
+                    retry_after=parse_retry_after(
+                        upstream.headers.get("Retry-After") if upstream is not None else None,
+                        time.time(),
+                    ),
+                    remaining=exchange.deadline - self._clock(),
+                    rng=resilience.rng,
+                )
+                why = verdict.why
+                if verdict.retry and not resilience.budget.try_spend(self._clock()):
+                    why = "budget"
+                elif verdict.retry:
+                    self._metrics.retries.labels(reason).inc()
+                    if upstream is not None:
+                        upstream.close()
+                    await asyncio.sleep(verdict.wait)
+                    continue
+            self._metrics.retries_skipped.labels(why).inc()
+            if upstream is None and why == "budget":
+                raise RetryBudgetExhausted(
+                    "retries are paused: too many of them across all requests",
+                    retry_after=1,
+                ) from error
+            break
+        if error is not None:
+            raise error
+        assert upstream is not None  # noqa: S101 - one of the two is always set
+        return await self._stream(request, upstream, exchange)
+
+    async def _attempt(
+        self,
+        request: web.BaseRequest,
+        target: Target,
+        exchange: Exchange,
+        token: str,
+        body: bytes | StreamReader | None,
+    ) -> tuple[aiohttp.ClientResponse | None, GatewayError | None]:
+        """One call to EXACT, cleared with the breakers first and reported to them after."""
+        remaining = exchange.deadline - self._clock()
+        if remaining <= 0:
+            raise DeadlineExceeded("the request's deadline passed before EXACT answered")
+        ticket = self._resilience.admit(target.practice_id)
+        limit = min(self._attempt_timeout, remaining)
+        headers = request_headers(request.headers, token, exchange.request_id)
+        sent = time.perf_counter()
+        exchange.attempts += 1
+        try:
+            upstream = await self._upstream.send(
+                request.method, target.path, headers, body, limit=limit
+            )
+        except UpstreamTimeout as error:
+            if not error.connecting and limit < self._attempt_timeout:
+                # Cut short by the caller's deadline, not by the practice's slowness.
+                self._resilience.abandon(ticket)
+                self._observe_attempt(target.route, DeadlineExceeded.reason, sent)
+                raise DeadlineExceeded(
+                    "the request's deadline passed before EXACT answered"
+                ) from None
+            self._resilience.observe(ticket, None, error)
+            self._observe_attempt(target.route, error.reason, sent)
+            return None, error
+        except GatewayError as error:
+            if isinstance(body, StreamReader) and body.exception() is not None:
+                # The send failed because the caller's body broke off, not because of EXACT.
+                self._resilience.abandon(ticket)
+                raise CallerGone from error
+            self._resilience.observe(ticket, None, error)
+            self._observe_attempt(target.route, error.reason, sent)
+            return None, error
+        except BaseException:
+            self._resilience.abandon(ticket)
+            raise
+        self._resilience.observe(ticket, upstream.status, None)
+        self._observe_attempt(target.route, str(upstream.status), sent)
+        return upstream, None
+
+    async def _stream(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
+    ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -175,8 +319,7 @@ class Proxy:
                 request.transport.close()
             return response
         except BaseException:
-            # The caller went away (or we are cancelled): drop the half-read upstream
-            # connection rather than return it to the pool.
+            # Cancelled: drop the half-read upstream connection rather than pool it.
             upstream.close()
             raise
         upstream.release()
@@ -185,8 +328,8 @@ class Proxy:
     async def _body(self, request: web.BaseRequest) -> tuple[bytes | StreamReader | None, bool]:
         """The body to send, and whether it can be sent again.
 
-        Bodies of known length up to REPLAY_BUFFER_BYTES are read first so that a replay is
-        possible; larger or chunked bodies stream straight through and are never replayed.
+        Bodies of known length up to REPLAY_BUFFER_BYTES are read first so that a replay or a
+        retry is possible; larger or chunked bodies stream straight through, sent once.
         """
         if not request.body_exists:
             return None, True
@@ -197,28 +340,6 @@ class Proxy:
             except (aiohttp.ClientError, ConnectionError) as exc:
                 raise CallerGone from exc
         return request.content, False
-
-    async def _attempt(
-        self,
-        request: web.BaseRequest,
-        target: Target,
-        exchange: Exchange,
-        token: str,
-        body: bytes | StreamReader | None,
-    ) -> aiohttp.ClientResponse:
-        headers = request_headers(request.headers, token, exchange.request_id)
-        sent = time.perf_counter()
-        exchange.attempts += 1
-        try:
-            upstream = await self._upstream.send(request.method, target.path, headers, body)
-        except GatewayError as error:
-            if isinstance(body, StreamReader) and body.exception() is not None:
-                # The send failed because the caller's body broke off, not because of EXACT.
-                raise CallerGone from error
-            self._observe_attempt(target.route, error.reason, sent)
-            raise
-        self._observe_attempt(target.route, str(upstream.status), sent)
-        return upstream
 
     def _observe_attempt(self, route: str, outcome: str, sent: float) -> None:
         self._metrics.upstream_attempts.labels(route, outcome).inc()

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.JSON
 
     # Time limits. Per-request deadlines grow into a full policy with the resilience work.
-    # Total time a request may take; today it bounds the wait for a token.
+    # Total time a request may take: token wait, attempts and the waits between them.
     deadline_seconds: float = Field(default=60.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     attempt_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -126,6 +126,34 @@ class Settings(BaseSettings):
     # Request bodies up to this size are buffered so they can be replayed (after a 401);
     # larger or chunked bodies stream and are never replayed.
     replay_buffer_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Retries (README "Resilience" says why each default is what it is).
+    retry_max_attempts: int = Field(default=3, ge=1, le=10)
+    retry_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=20.0, gt=0)
+    retry_after_max_seconds: float = Field(default=300.0, ge=0)
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=10)
+    retry_budget_min_retries: int = Field(default=3, ge=0)
+    retry_budget_window_seconds: float = Field(default=10.0, ge=1)
+    # Per-practice circuit breakers.
+    breaker_consecutive_failures: int = Field(default=5, ge=1)
+    breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    breaker_min_calls: int = Field(default=10, ge=1)
+    breaker_window_seconds: float = Field(default=60.0, gt=0)
+    breaker_open_seconds: float = Field(default=30.0, gt=0)
+    breaker_open_max_seconds: float = Field(default=300.0, gt=0)
+    breaker_open_jitter: float = Field(default=0.5, ge=0, lt=1)
+    breaker_max_entries: int = Field(default=5000, ge=1)
+    breaker_idle_seconds: float = Field(default=3600.0, gt=0)
+    # The partner-wide breaker: the EXACT host unreachable, or its relay failing wholesale.
+    upstream_breaker_failures: int = Field(default=5, ge=1)
+    upstream_breaker_practices: int = Field(default=20, ge=2)
+    upstream_breaker_window_seconds: float = Field(default=10.0, gt=0)
+    upstream_breaker_open_seconds: float = Field(default=5.0, gt=0)
+    upstream_breaker_open_max_seconds: float = Field(default=60.0, gt=0)
+    # Concurrency limits (bulkheads).
+    practice_concurrency: int = Field(default=10, ge=1)
+    global_concurrency: int = Field(default=10000, ge=1)
+
     # Lifecycle (see README "Shutdown"): drain stays below Kubernetes' default 30 s grace.
     shutdown_grace_seconds: float = Field(default=2.0, ge=0)
     drain_seconds: float = Field(default=20.0, ge=0)

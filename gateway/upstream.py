@@ -132,25 +132,29 @@ class Upstream:
         target: str,
         headers: CIMultiDict[str],
         body: bytes | aiohttp.StreamReader | None,
+        limit: float | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one attempt and return once EXACT's response headers have arrived.
 
         ``target`` is the caller's origin-form path and query, appended byte for byte to the
         API URL (``encoded=True``: no re-quoting, so what EXACT sees is what the caller sent).
+        ``limit`` is the time allowed for this attempt (default: the attempt time-out).
         """
         url = URL(self._api_url + target, encoded=True)
         try:
-            async with asyncio.timeout(self._attempt_timeout):
+            async with asyncio.timeout(limit if limit is not None else self._attempt_timeout):
                 return await self._session.request(
                     method, url, headers=headers, data=body, allow_redirects=False
                 )
-        except TimeoutError:
+        except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeout(
-                "the EXACT API did not answer within the attempt time-out"
+                "could not connect to the EXACT API in time", connecting=True
             ) from None
+        except TimeoutError:
+            raise UpstreamTimeout("the EXACT API did not answer within the time-out") from None
         except aiohttp.ClientConnectorError:
-            # Covers DNS, refused connections and TLS/certificate failures.
-            raise UpstreamUnreachable("could not connect to the EXACT API") from None
+            # DNS, refused connections, TLS and certificate failures: nothing was sent yet.
+            raise UpstreamUnreachable("could not connect to the EXACT API", sent=False) from None
         except aiohttp.ClientError as exc:
             # Disconnects, malformed responses: no usable answer from the EXACT host.
             raise UpstreamUnreachable(

@@ -323,5 +323,7 @@ async def sandbox_gateway(sandbox: TestServer, start_gateway: GatewayFactory) ->
         admin_host="127.0.0.1",
         admin_port=0,
         shutdown_grace_seconds=0,
+        retry_backoff_base_seconds=0.01,
+        retry_backoff_max_seconds=0.05,
     )
     return await start_gateway(with_sandbox_defaults(settings))

@@ -75,7 +75,9 @@ async def test_exact_errors_pass_through(sandbox_gateway: Gateway, sandbox: Test
                 assert resp.status == status, path
                 assert "X-Gateway-Error" not in resp.headers
     offline = await control(sandbox, "/practices/UKOFFLINE1/requests")
-    assert offline["attempts"] == 1  # no retries yet: exactly what the caller asked for
+    assert offline["attempts"] == 3  # a GET on 503: retried up to the 3 attempts
+    erroring = await control(sandbox, "/practices/UKERROR1/requests")
+    assert erroring["attempts"] == 1  # 502: the practice answered; never retried
 
 
 async def test_post_contact_reaches_the_practice_once(

@@ -1,0 +1,357 @@
+"""Circuit breakers: one per practice, one for the EXACT host, and a bounded table of them.
+
+A practice's on-premises server goes offline on its own schedule; its breaker stops callers
+from waiting (and EXACT from relaying) while it is down, and lets exactly one probe through
+now and then to see whether it is back. The state machine is pure: time comes from the
+caller (``now``), randomness from an injected ``random.Random``.
+
+* **Closed**: calls pass. Each attempt is one observation. The breaker trips after
+  ``consecutive`` failures in a row, or when at least ``min_calls`` calls in the last
+  ``window`` seconds failed at ``ratio`` or more.
+* **Open**: calls fail fast until ``open_until``. The open duration starts at ``open_base``,
+  doubles on each re-opening without a success between, up to ``open_max``, and is shortened
+  by a random share up to ``jitter`` (so breakers that opened together do not probe together).
+* **Half-open**: one probe at a time; other callers keep failing fast. Success closes the
+  breaker; failure re-opens it for longer.
+
+Only failures that say *this practice* is unreachable count (503, 504, a time-out waiting for
+it). A 502 means the practice answered (badly), 4xx means EXACT answered: both are successes
+for reachability. Failures to reach the EXACT host itself are neutral here: they belong to the
+partner-wide breaker, not to a thousand practice breakers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+
+from cachetools import TTLCache
+
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class Observation(Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    NEUTRAL = "neutral"  # says nothing about this breaker's target
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    consecutive: int = 5
+    ratio: float = 0.5
+    min_calls: int = 10
+    window: float = 60.0
+    open_base: float = 30.0
+    open_max: float = 300.0
+    jitter: float = 0.5
+    buckets: int = 10  # the window is counted in this many slices: memory stays constant
+
+    def open_duration(self, reopenings: int, rng: random.Random) -> float:
+        nominal = min(self.open_max, self.open_base * 2.0 ** min(reopenings, 62))
+        return nominal * (1.0 - self.jitter * rng.random())
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    allowed: bool
+    probe: bool = False
+    retry_after: float = 0.0
+
+
+ALLOW = Admission(True)
+
+Transition = Callable[["Breaker", State, State], None]
+
+
+class Breaker:
+    """The state machine of one breaker."""
+
+    __slots__ = (
+        "_bucket_calls",
+        "_bucket_failures",
+        "_bucket_start",
+        "_on_transition",
+        "_policy",
+        "_rng",
+        "consecutive_failures",
+        "key",
+        "open_until",
+        "opened_at",
+        "probe_in_flight",
+        "reopenings",
+        "state",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        policy: BreakerPolicy,
+        rng: random.Random,
+        on_transition: Transition | None = None,
+    ) -> None:
+        self.key = key
+        self._policy = policy
+        self._rng = rng
+        self._on_transition = on_transition
+        self.state = State.CLOSED
+        self.consecutive_failures = 0
+        self.reopenings = 0
+        self.opened_at = 0.0
+        self.open_until = 0.0
+        self.probe_in_flight = False
+        self._bucket_start = [0.0] * policy.buckets
+        self._bucket_calls = [0] * policy.buckets
+        self._bucket_failures = [0] * policy.buckets
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def admit(self, now: float) -> Admission:
+        """May a call go through now? Open breakers say when to come back."""
+        if self.state is State.CLOSED:
+            return ALLOW
+        if self.state is State.OPEN:
+            if now < self.open_until:
+                return Admission(False, retry_after=self.open_until - now)
+            self._move(State.HALF_OPEN)
+        if self.probe_in_flight:
+            # Half-open with its one probe out: the others wait for its verdict.
+            return Admission(False, retry_after=1.0)
+        self.probe_in_flight = True
+        return Admission(True, probe=True)
+
+    def record(self, now: float, observation: Observation, *, probe: bool = False) -> None:
+        """The outcome of an admitted call."""
+        if probe:
+            self.probe_in_flight = False
+        if observation is Observation.NEUTRAL:
+            return
+        failed = observation is Observation.FAILURE
+        self._count(now, failed)
+        if self.state is State.HALF_OPEN:
+            if not probe:
+                return  # a call admitted before the breaker opened: the probe decides
+            if failed:
+                self.reopenings += 1
+                self._open(now)
+            else:
+                self._close()
+            return
+        if self.state is State.OPEN:
+            return  # late answers of calls admitted before it opened
+        if not failed:
+            self.consecutive_failures = 0
+            self.reopenings = 0
+            return
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self._policy.consecutive or self._ratio_tripped(now):
+            self._open(now)
+
+    def trip(self, now: float) -> None:
+        """Open now, whatever the counts say (a failure seen elsewhere)."""
+        if self.state is State.OPEN:
+            return
+        if self.state is State.HALF_OPEN:
+            self.reopenings += 1
+        self._open(now)
+
+    def release(self) -> None:
+        """An admitted probe ended without an answer (the caller left): let another try."""
+        self.probe_in_flight = False
+
+    def reset(self) -> None:
+        """Forget everything (used when the failures turn out to be the EXACT host's)."""
+        if self.state is not State.CLOSED:
+            self._move(State.CLOSED)
+        self.consecutive_failures = 0
+        self.reopenings = 0
+        self.probe_in_flight = False
+        self._bucket_calls = [0] * self._policy.buckets
+        self._bucket_failures = [0] * self._policy.buckets
+
+    # -- counting ---------------------------------------------------------------------------
+
+    def _slot(self, now: float) -> int:
+        width = self._policy.window / self._policy.buckets
+        index = int(now // width)
+        slot = index % self._policy.buckets
+        start = index * width
+        if self._bucket_start[slot] != start:
+            self._bucket_start[slot] = start
+            self._bucket_calls[slot] = 0
+            self._bucket_failures[slot] = 0
+        return slot
+
+    def _count(self, now: float, failed: bool) -> None:
+        slot = self._slot(now)
+        self._bucket_calls[slot] += 1
+        if failed:
+            self._bucket_failures[slot] += 1
+
+    def window_counts(self, now: float) -> tuple[int, int]:
+        """(calls, failures) in the last ``window`` seconds."""
+        oldest = now - self._policy.window
+        calls = failures = 0
+        for start, n, f in zip(
+            self._bucket_start, self._bucket_calls, self._bucket_failures, strict=True
+        ):
+            if start > oldest:
+                calls += n
+                failures += f
+        return calls, failures
+
+    def _ratio_tripped(self, now: float) -> bool:
+        calls, failures = self.window_counts(now)
+        return calls >= self._policy.min_calls and failures >= self._policy.ratio * calls
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def _open(self, now: float) -> None:
+        self.opened_at = now
+        self.open_until = now + self._policy.open_duration(self.reopenings, self._rng)
+        self.consecutive_failures = 0
+        self._move(State.OPEN)
+
+    def _close(self) -> None:
+        self.reopenings = 0
+        self.consecutive_failures = 0
+        self._move(State.CLOSED)
+
+    def _move(self, state: State) -> None:
+        previous, self.state = self.state, state
+        if self._on_transition is not None and previous is not state:
+            self._on_transition(self, previous, state)
+
+
+class BreakerTable:
+    """Practice breakers, bounded in number and forgotten when idle.
+
+    Closed breakers live in a TTL cache (least recently used evicted first when full,
+    dropped after ``idle`` seconds without traffic); a closed breaker that is evicted loses
+    little, its practice was healthy. Open and half-open breakers are kept apart, so a flood
+    of new practice ids can never evict a breaker that is protecting an offline practice; they
+    are bounded by the same maximum and dropped when idle too.
+    """
+
+    def __init__(
+        self,
+        policy: BreakerPolicy,
+        *,
+        max_entries: int,
+        idle: float,
+        clock: Callable[[], float],
+        rng: random.Random,
+        on_transition: Transition | None = None,
+    ) -> None:
+        self._policy = policy
+        self._rng = rng
+        self._clock = clock
+        self._idle = idle
+        self._max = max_entries
+        self._on_transition = on_transition
+        self._closed: TTLCache[str, Breaker] = TTLCache(max_entries, idle, timer=clock)
+        self._active: dict[str, tuple[Breaker, float]] = {}  # breaker, last used
+
+    def get(self, key: str) -> Breaker:
+        """The breaker for ``key`` (created closed on first use)."""
+        now = self._clock()
+        active = self._active.get(key)
+        if active is not None:
+            self._active[key] = (active[0], now)
+            return active[0]
+        breaker = self._closed.get(key)
+        if breaker is None:
+            breaker = Breaker(key, self._policy, self._rng, self._transition)
+        # Setting it again restarts its idle time (a TTLCache counts from the last write).
+        self._closed[key] = breaker
+        return breaker
+
+    def _transition(self, breaker: Breaker, previous: State, state: State) -> None:
+        if state is State.CLOSED:
+            self._active.pop(breaker.key, None)
+            self._closed[breaker.key] = breaker
+        elif previous is State.CLOSED:
+            self._closed.pop(breaker.key, None)
+            self._expire_active()
+            self._active[breaker.key] = (breaker, self._clock())
+        if self._on_transition is not None:
+            self._on_transition(breaker, previous, state)
+
+    def _expire_active(self) -> None:
+        now = self._clock()
+        for key, (_, used) in list(self._active.items()):
+            if now - used > self._idle:
+                del self._active[key]
+        while len(self._active) >= self._max:
+            # Full of open breakers: drop the one that will probe soonest (it is the one
+            # whose protection is closest to ending anyway).
+            soonest = min(self._active, key=lambda k: self._active[k][0].open_until)
+            del self._active[soonest]
+
+    def not_closed(self) -> Iterator[Breaker]:
+        self._expire_active()
+        for breaker, _ in list(self._active.values()):
+            yield breaker
+
+    def counts(self) -> dict[str, int]:
+        self._closed.expire()
+        counts = {
+            State.CLOSED.value: len(self._closed),
+            State.OPEN.value: 0,
+            State.HALF_OPEN.value: 0,
+        }
+        for breaker in self.not_closed():
+            counts[breaker.state.value] += 1
+        return counts
+
+    def __len__(self) -> int:
+        return len(self._closed) + len(self._active)
+
+    def forgive(self, since: float) -> int:
+        """Reset breakers that opened at or after ``since``: those failures were the EXACT
+        host's, not the practices'. Returns how many were reset."""
+        reset = 0
+        for breaker in list(self.not_closed()):
+            if breaker.opened_at >= since:
+                breaker.reset()
+                reset += 1
+        for breaker in list(self._closed.values()):
+            breaker.reset()
+        return reset
+
+
+class DistinctFailures:
+    """How many distinct keys (practices) failed in the last ``window`` seconds.
+
+    Many practices failing together is the signature of EXACT's cloud failing, not of many
+    practices going offline at once. Memory: one entry per practice failing in the window.
+    """
+
+    def __init__(self, threshold: int, window: float) -> None:
+        self._threshold = threshold
+        self._window = window
+        self._last: dict[str, float] = {}  # insertion order = oldest failure first
+
+    def record(self, key: str, now: float) -> bool:
+        """Note a failure of ``key``; say whether the threshold of distinct keys is reached."""
+        self._last.pop(key, None)
+        self._last[key] = now
+        oldest = now - self._window
+        while self._last:
+            stale, at = next(iter(self._last.items()))
+            if at > oldest:
+                break
+            del self._last[stale]
+        return len(self._last) >= self._threshold
+
+    def clear(self) -> None:
+        self._last.clear()
+
+    def __len__(self) -> int:
+        return len(self._last)
