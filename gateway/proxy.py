@@ -38,7 +38,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.metrics import Metrics
-from gateway.resilience import Resilience
+from gateway.resilience import Resilience, Ticket
 from gateway.retry import decide, parse_retry_after, retry_reason
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
 from gateway.tokens import TokenSource
@@ -101,6 +101,17 @@ class Exchange:
     status: int = 500
     attempts: int = 0
     error: str | None = None
+    replayable: bool = True  # the body (if any) is buffered and can be sent again
+    keyed: bool = False  # the caller sent an Idempotency-Key
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt's outcome: EXACT's response or the gateway's error, and its ticket."""
+
+    upstream: aiohttp.ClientResponse | None
+    error: GatewayError | None
+    ticket: Ticket
 
 
 class Proxy:
@@ -181,14 +192,14 @@ class Proxy:
     async def _forward(
         self, request: web.BaseRequest, target: Target, exchange: Exchange
     ) -> web.StreamResponse:
-        resilience = self._resilience
-        body, replayable = await self._body(request)
+        body, exchange.replayable = await self._body(request)
+        exchange.keyed = "Idempotency-Key" in request.headers
         token = await self._tokens.get(wait=exchange.deadline - self._clock())
-        keyed = "Idempotency-Key" in request.headers
-        resilience.budget.record_request(self._clock())
+        self._resilience.budget.record_request(self._clock())
         replayed_401 = False
         while True:
-            upstream, error = await self._attempt(request, target, exchange, token, body)
+            attempt = await self._attempt(request, target, exchange, token, body)
+            upstream = attempt.upstream
             if upstream is not None and upstream.status == 401 and not replayed_401:
                 # EXACT refused the token (revoked, or expired in a way we could not see).
                 # A new one once per token generation, and one replay if the body allows.
@@ -198,49 +209,65 @@ class Proxy:
                 except GatewayError:
                     upstream.close()
                     raise
-                if replacement is not None and replayable:
+                if replacement is not None and exchange.replayable:
                     upstream.close()
                     token = replacement
                     continue
-            status = upstream.status if upstream is not None else None
-            reason = retry_reason(status, error)
-            if reason is None:
+            wait = self._retry_wait(request, exchange, attempt)
+            if wait is None:
                 break
-            why = "body_streamed"
-            if replayable:
-                verdict = decide(
-                    resilience.retry,
-                    attempt=exchange.attempts,
-                    reason=reason,
-                    method=request.method,
-                    has_idempotency_key=keyed,
-                    retry_after=parse_retry_after(
-                        upstream.headers.get("Retry-After") if upstream is not None else None,
-                        time.time(),
-                    ),
-                    remaining=exchange.deadline - self._clock(),
-                    rng=resilience.rng,
-                )
-                why = verdict.why
-                if verdict.retry and not resilience.budget.try_spend(self._clock()):
-                    why = "budget"
-                elif verdict.retry:
-                    self._metrics.retries.labels(reason).inc()
-                    if upstream is not None:
-                        upstream.close()
-                    await asyncio.sleep(verdict.wait)
-                    continue
-            self._metrics.retries_skipped.labels(why).inc()
-            if upstream is None and why == "budget":
-                raise RetryBudgetExhausted(
-                    "retries are paused: too many of them across all requests",
-                    retry_after=1,
-                ) from error
-            break
-        if error is not None:
-            raise error
-        assert upstream is not None  # noqa: S101 - one of the two is always set
+            if upstream is not None:
+                upstream.close()
+            await asyncio.sleep(wait)
+        if attempt.error is not None:
+            raise attempt.error
+        assert upstream is not None  # noqa: S101 - an attempt has a response or an error
         return await self._stream(request, upstream, exchange)
+
+    def _retry_wait(
+        self, request: web.BaseRequest, exchange: Exchange, attempt: Attempt
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None to answer with this outcome.
+
+        Raises when the answer is the gateway's own: a breaker this attempt opened, or a
+        failed connection whose retry the budget refuses.
+        """
+        upstream, error = attempt.upstream, attempt.error
+        resilience = self._resilience
+        reason = retry_reason(upstream.status if upstream is not None else None, error)
+        if reason is None:
+            return None
+        if (opened := resilience.opened_by(attempt.ticket)) is not None:
+            # This attempt opened a breaker: say so now instead of retrying into it.
+            self._metrics.retries_skipped.labels("breaker").inc()
+            if upstream is not None:
+                upstream.close()
+            raise opened
+        why = "body_streamed"
+        if exchange.replayable:
+            hint = upstream.headers.get("Retry-After") if upstream is not None else None
+            verdict = decide(
+                resilience.retry,
+                attempt=exchange.attempts,
+                reason=reason,
+                method=request.method,
+                has_idempotency_key=exchange.keyed,
+                retry_after=parse_retry_after(hint, time.time()),
+                remaining=exchange.deadline - self._clock(),
+                rng=resilience.rng,
+            )
+            why = verdict.why
+            if verdict.retry:
+                if resilience.budget.try_spend(self._clock()):
+                    self._metrics.retries.labels(reason).inc()
+                    return verdict.wait
+                why = "budget"
+        self._metrics.retries_skipped.labels(why).inc()
+        if upstream is None and why == "budget":
+            raise RetryBudgetExhausted(
+                "retries are paused: too many of them across all requests", retry_after=1
+            ) from error
+        return None
 
     async def _attempt(
         self,
@@ -249,7 +276,7 @@ class Proxy:
         exchange: Exchange,
         token: str,
         body: bytes | StreamReader | None,
-    ) -> tuple[aiohttp.ClientResponse | None, GatewayError | None]:
+    ) -> Attempt:
         """One call to EXACT, cleared with the breakers first and reported to them after."""
         remaining = exchange.deadline - self._clock()
         if remaining <= 0:
@@ -273,7 +300,7 @@ class Proxy:
                 ) from None
             self._resilience.observe(ticket, None, error)
             self._observe_attempt(target.route, error.reason, sent)
-            return None, error
+            return Attempt(None, error, ticket)
         except GatewayError as error:
             if isinstance(body, StreamReader) and body.exception() is not None:
                 # The send failed because the caller's body broke off, not because of EXACT.
@@ -281,13 +308,13 @@ class Proxy:
                 raise CallerGone from error
             self._resilience.observe(ticket, None, error)
             self._observe_attempt(target.route, error.reason, sent)
-            return None, error
+            return Attempt(None, error, ticket)
         except BaseException:
             self._resilience.abandon(ticket)
             raise
         self._resilience.observe(ticket, upstream.status, None)
         self._observe_attempt(target.route, str(upstream.status), sent)
-        return upstream, None
+        return Attempt(upstream, None, ticket)
 
     async def _stream(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange

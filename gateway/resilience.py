@@ -156,6 +156,24 @@ class Resilience:
             )
         return Ticket(breaker, practice_probe, upstream.probe)
 
+    def opened_by(self, ticket: Ticket) -> GatewayError | None:
+        """If the attempt just observed opened a breaker, the error that says so."""
+        now = self.clock()
+        practice = ticket.practice
+        if practice is not None and practice.state is State.OPEN:
+            return CircuitOpen(
+                f"practice {practice.key} is not answering; calls are paused for"
+                f" {practice.open_until - now:.0f} s",
+                practice_id=practice.key,
+                retry_after=practice.open_until - now,
+            )
+        if self.upstream.state is State.OPEN:
+            return UpstreamCircuitOpen(
+                "the EXACT API is failing for many requests; calls are paused",
+                retry_after=self.upstream.open_until - now,
+            )
+        return None
+
     def abandon(self, ticket: Ticket) -> None:
         """The attempt ended with no outcome (the caller left): free any probe slot."""
         if ticket.practice is not None and ticket.practice_probe:

@@ -14,11 +14,13 @@ import logging
 import os
 import secrets
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -32,6 +34,7 @@ from gateway.sandbox import (
     build_sandbox_app,
 )
 from gateway.settings import Settings, load_settings
+from gateway.tokens import TokenPolicy
 from tests.audit import AUDIT
 
 CLIENT_ID = "test-client"
@@ -327,3 +330,70 @@ async def sandbox_gateway(sandbox: TestServer, start_gateway: GatewayFactory) ->
         retry_backoff_max_seconds=0.05,
     )
     return await start_gateway(with_sandbox_defaults(settings))
+
+
+FAST_TOKENS = TokenPolicy(retry_base=0.2, retry_cap=1.0, min_retry=0.1, secret_poll=0.1)
+
+
+SandboxFactory = Callable[..., Awaitable[TestServer]]
+SandboxGatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_sandbox() -> AsyncIterator[SandboxFactory]:
+    servers: list[TestServer] = []
+
+    async def make(**config: Any) -> TestServer:
+        server = TestServer(build_sandbox_app(SandboxConfig(**config)))
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def start_on_sandbox() -> AsyncIterator[SandboxGatewayFactory]:
+    """Start gateways in front of a sandbox, with a fast token policy unless told otherwise."""
+    started: list[Gateway] = []
+
+    async def start(
+        sandbox: TestServer, policy: TokenPolicy = FAST_TOKENS, **overrides: Any
+    ) -> Gateway:
+        settings = load_settings(
+            environment="sandbox",
+            api_url=str(sandbox.make_url("")).rstrip("/"),
+            host="127.0.0.1",
+            port=0,
+            admin_host="127.0.0.1",
+            admin_port=0,
+            shutdown_grace_seconds=0,
+            **overrides,
+        )
+        gateway = Gateway(with_sandbox_defaults(settings), token_policy=policy)
+        await gateway.start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        await gateway.shutdown()
+        AUDIT.expositions.append(generate_latest(gateway.metrics.registry).decode())
+
+
+async def control(sandbox: TestServer, method: str, path: str, body: Any = None) -> Any:
+    async with aiohttp.ClientSession() as client:
+        async with client.request(method, sandbox.make_url(f"/_sandbox{path}"), json=body) as r:
+            assert r.status in {200, 201}, await r.text()
+            return await r.json()
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")

@@ -4,94 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import Gateway, with_sandbox_defaults
-from gateway.sandbox import DEMO_CLIENT_SECRET, SandboxConfig, build_sandbox_app
-from gateway.settings import load_settings
+from gateway.app import Gateway
+from gateway.sandbox import DEMO_CLIENT_SECRET
 from gateway.tokens import TokenPolicy
 from tests.conftest import (
+    FAST_TOKENS,
     GatewayFactory,
+    SandboxFactory,
+    SandboxGatewayFactory,
     ScriptedUpstream,
     admin_url,
+    control,
     gateway_settings,
     proxy_url,
+    wait_until,
 )
 
 DETAILS = "/v1/Practices/UKTEST1/details"
-FAST = TokenPolicy(retry_base=0.2, retry_cap=1.0, min_retry=0.1, secret_poll=0.1)
-
-SandboxFactory = Callable[..., Awaitable[TestServer]]
-SandboxGatewayFactory = Callable[..., Awaitable[Gateway]]
-
-
-@pytest.fixture
-async def make_sandbox() -> AsyncIterator[SandboxFactory]:
-    servers: list[TestServer] = []
-
-    async def make(**config: Any) -> TestServer:
-        server = TestServer(build_sandbox_app(SandboxConfig(**config)))
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def start_on_sandbox() -> AsyncIterator[SandboxGatewayFactory]:
-    """Start gateways in front of a sandbox, with a fast token policy unless told otherwise."""
-    started: list[Gateway] = []
-
-    async def start(sandbox: TestServer, policy: TokenPolicy = FAST, **overrides: Any) -> Gateway:
-        settings = load_settings(
-            environment="sandbox",
-            api_url=str(sandbox.make_url("")).rstrip("/"),
-            host="127.0.0.1",
-            port=0,
-            admin_host="127.0.0.1",
-            admin_port=0,
-            shutdown_grace_seconds=0,
-            **overrides,
-        )
-        gateway = Gateway(with_sandbox_defaults(settings), token_policy=policy)
-        await gateway.start()
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in started:
-        await gateway.shutdown()
-
-
-async def control(sandbox: TestServer, method: str, path: str, body: Any = None) -> Any:
-    async with aiohttp.ClientSession() as client:
-        async with client.request(method, sandbox.make_url(f"/_sandbox{path}"), json=body) as r:
-            assert r.status in {200, 201}, await r.text()
-            return await r.json()
+FAST = FAST_TOKENS
 
 
 async def token_requests(sandbox: TestServer) -> int:
     identity = await control(sandbox, "GET", "/identity")
     return int(identity["token_requests"]["total"])
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def ready(gateway: Gateway) -> bool:
