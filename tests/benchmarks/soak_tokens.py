@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,25 +28,8 @@ from pathlib import Path
 
 import aiohttp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as client:
-        while time.monotonic() < deadline:
-            try:
-                async with client.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise SystemExit(f"not answering 200: {url}")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import free_port, wait_http
 
 
 async def soak(args: argparse.Namespace) -> int:

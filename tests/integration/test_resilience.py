@@ -171,8 +171,9 @@ async def test_502_is_returned_after_one_attempt_and_never_opens_the_breaker(
 async def test_offline_practice_under_load_costs_a_healthy_one_nothing(
     make_sandbox: SandboxFactory, start_on_sandbox: SandboxGatewayFactory
 ) -> None:
-    """200 concurrent callers hammer an offline practice; a healthy practice sees zero
-    errors, and its latency is measured against a baseline taken in the same run."""
+    """200 concurrent callers keep calling an offline practice; a healthy practice sees zero
+    errors. Latencies are printed, not asserted: everything here shares one event loop, so
+    the latency figure comes from tests/benchmarks/bench_isolation.py instead."""
     sandbox = await make_sandbox()
     gateway = await start_on_sandbox(sandbox, **FAST)
     healthy = "/v1/Practices/UKTEST1/details"
@@ -195,6 +196,7 @@ async def test_offline_practice_under_load_costs_a_healthy_one_nothing(
             while not stop.is_set():
                 _, headers, _ = await get(client, gateway, "/v1/Practices/UKOFFLINE1/details")
                 hammered.append(headers.get("X-Gateway-Error"))
+                await asyncio.sleep(0.05)  # each caller about 20 requests/s
 
         callers = [asyncio.create_task(hammer()) for _ in range(200)]
         await asyncio.sleep(0.3)
