@@ -312,7 +312,9 @@ class Gateway:
     admin_port: int
 
 
-def start_gateway(children: Children, tmp: Path, upstream: Upstream, log_level: str) -> Gateway:
+def start_gateway(
+    children: Children, tmp: Path, upstream: Upstream, log_level: str, connections: int
+) -> Gateway:
     # At log level warning there is no 'listening' line to read the ports from (and at info
     # every request writes an access-log line, which is not what we want to measure), so the
     # ports are chosen here and readiness is read from /readyz, which also proves a token.
@@ -332,6 +334,9 @@ def start_gateway(children: Children, tmp: Path, upstream: Upstream, log_level: 
         log_level=log_level,
         shutdown_grace_seconds="0",
         drain_seconds="2",
+        # The load goes to one practice: its concurrency limit (10 by default, to protect
+        # a small on-premises server) would turn the benchmark into a practice_busy test.
+        practice_concurrency=str(max(10, connections)),
     )
     # cwd=tmp: a stray .env file in the caller's directory must not configure the gateway.
     argv = [sys.executable, "-m", "gateway", "serve"]
@@ -531,7 +536,7 @@ def benchmark(args: argparse.Namespace, children: Children, tmp: Path) -> int:
     tool = choose(args.tool, "wrk", "builtin")
     drive = run_wrk if tool == "wrk" else run_builtin
     upstream = start_nginx(children, tmp) if kind == "nginx" else start_sandbox(children, tmp)
-    gateway = start_gateway(children, tmp, upstream, args.log_level)
+    gateway = start_gateway(children, tmp, upstream, args.log_level, args.connections)
 
     targets = {
         "direct": (upstream.port, upstream.direct_headers),
