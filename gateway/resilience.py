@@ -249,7 +249,11 @@ class Resilience:
         now = self.clock()
         wall = time.time()
         return {
-            "upstream": _describe(self.upstream, now, wall)
+            "upstream": {
+                key: value
+                for key, value in _describe(self.upstream, now, wall).items()
+                if key != "practice_id"
+            }
             | {"cause": self._upstream_opened_for or None},
             "practices": sorted(
                 (_describe(b, now, wall) for b in self.breakers.not_closed()),

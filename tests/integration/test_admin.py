@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
@@ -111,3 +112,38 @@ async def test_metrics_count_what_callers_saw(gateway: Gateway, upstream: Script
     assert "abc-123" not in text
     assert "Smith" not in text
     assert "UKTEST1" not in text
+
+
+async def test_breakers_endpoint_and_breaker_metrics(
+    upstream: ScriptedUpstream, start_gateway: GatewayFactory
+) -> None:
+    """/breakers lists the open practice breaker; metrics export it by practice, closed ones
+    only as a count."""
+
+    async def offline_for_one(request: web.Request) -> web.StreamResponse:
+        if "UKDOWN" in request.path:
+            return web.Response(status=503, text="unreachable")
+        return web.json_response({})
+
+    upstream.handler = offline_for_one
+    gateway = await start_gateway(
+        gateway_settings(upstream.url, retry_max_attempts=1, breaker_consecutive_failures=2)
+    )
+    async with aiohttp.ClientSession() as client:
+        for practice in ("UKDOWN", "UKDOWN", "UKUP1", "UKUP2"):
+            await (await client.get(proxy_url(gateway, f"/v1/Practices/{practice}/details"))).read()
+        async with client.get(admin_url(gateway, "/breakers")) as resp:
+            state = await resp.json()
+    (entry,) = state["practices"]
+    assert entry["practice_id"] == "UKDOWN"
+    assert entry["state"] == "open"
+    assert 0 < entry["next_probe_in_seconds"] <= 30
+    assert state["counts"] == {"closed": 2, "open": 1, "half_open": 0}
+    assert state["upstream"]["state"] == "closed"
+    assert "practice_id" not in state["upstream"]
+    samples = await scrape(gateway)
+    assert samples["exact_gateway_circuit_breaker_state"] == {(("practice_id", "UKDOWN"),): 1}
+    assert samples["exact_gateway_circuit_breakers"][(("state", "closed"),)] == 2
+    assert samples["exact_gateway_upstream_circuit_breaker_state"][()] == 0
+    opened = (("scope", "practice"), ("state", "open"))
+    assert samples["exact_gateway_circuit_breaker_transitions_total"][opened] == 1
