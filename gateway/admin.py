@@ -1,4 +1,4 @@
-"""The admin port: health, readiness, metrics, token and breaker status, for probes and people.
+"""The admin port: health, readiness, metrics, token and breaker status, and a status page.
 
 It listens separately from the proxy so Prometheus and kubelet never compete with callers, and
 it keeps answering during a drain (readiness says ``draining``) until the process exits.
@@ -12,8 +12,10 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import __version__
 from gateway.metrics import Metrics
 from gateway.resilience import Resilience
+from gateway.status import CONTENT_SECURITY_POLICY, PAGE, RecentRates, status_document
 from gateway.tokens import TokenSource
 
 
@@ -21,10 +23,17 @@ class Lifecycle(Protocol):
     @property
     def draining(self) -> bool: ...
 
+    @property
+    def environment(self) -> str: ...
+
+    @property
+    def inflight(self) -> int: ...
+
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 TOKENS: web.AppKey[TokenSource] = web.AppKey("tokens", TokenSource)
 RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience", Resilience)
+RATES: web.AppKey[RecentRates] = web.AppKey("rates", RecentRates)
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 
 
@@ -59,14 +68,53 @@ async def breakers(request: web.Request) -> web.Response:
     return web.json_response(request.app[RESILIENCE].breaker_status())
 
 
+async def status_page(request: web.Request) -> web.Response:
+    """A page for people: it polls /status and needs nothing from outside this port."""
+    return web.Response(
+        body=PAGE,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    lifecycle, tokens = request.app[LIFECYCLE], request.app[TOKENS]
+    return web.json_response(
+        status_document(
+            version=__version__,
+            environment=lifecycle.environment,
+            ready=tokens.has_usable_token() and not lifecycle.draining,
+            draining=lifecycle.draining,
+            token=tokens.status(),
+            breakers=request.app[RESILIENCE].breaker_status(),
+            rates=request.app[RATES].summary(),
+            inflight=lifecycle.inflight,
+        ),
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 def build_admin_app(
-    metrics_: Metrics, tokens: TokenSource, resilience: Resilience, lifecycle: Lifecycle
+    metrics_: Metrics,
+    tokens: TokenSource,
+    resilience: Resilience,
+    rates: RecentRates,
+    lifecycle: Lifecycle,
 ) -> web.Application:
     app = web.Application()
     app[METRICS] = metrics_
     app[TOKENS] = tokens
     app[RESILIENCE] = resilience
+    app[RATES] = rates
     app[LIFECYCLE] = lifecycle
+    app.router.add_get("/", status_page)
+    app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -31,6 +31,7 @@ from gateway.metrics import Metrics, build_metrics
 from gateway.proxy import Proxy
 from gateway.resilience import BreakerCollector, Resilience
 from gateway.settings import Environment, SandboxServerSettings, Settings
+from gateway.status import RecentRates
 from gateway.tokens import TokenPolicy, TokenSource
 from gateway.upstream import Upstream, build_session
 
@@ -75,6 +76,14 @@ class Gateway:
     def draining(self) -> bool:
         return self._draining
 
+    @property
+    def environment(self) -> str:
+        return self.settings.environment.value
+
+    @property
+    def inflight(self) -> int:
+        return self.proxy.inflight
+
     async def start(self) -> None:
         settings = self.settings
         api_url = settings.resolved_api_url()
@@ -97,6 +106,7 @@ class Gateway:
             self._token_policy,
         )
         self.resilience = Resilience(settings, self.metrics)
+        self.rates = RecentRates()
         self.metrics.registry.register(BreakerCollector(self.resilience))
         self.proxy = Proxy(
             Upstream(api_session, api_url, settings.attempt_timeout_seconds),
@@ -106,10 +116,11 @@ class Gateway:
             attempt_timeout=settings.attempt_timeout_seconds,
             deadline=settings.deadline_seconds,
             replay_buffer_bytes=settings.replay_buffer_bytes,
+            rates=self.rates,
         )
 
         self._admin_runner = web.AppRunner(
-            build_admin_app(self.metrics, self.tokens, self.resilience, self),
+            build_admin_app(self.metrics, self.tokens, self.resilience, self.rates, self),
             access_log=None,
             shutdown_timeout=1,
         )
