@@ -55,7 +55,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter.write_line(
             f"leak audit: {len(AUDIT.log_lines)} log lines and {len(AUDIT.expositions)} metric"
             f" expositions searched for {len(AUDIT.secrets)} secrets and"
-            f" {len(AUDIT.tokens)} issued tokens (and any JWT): {len(leaks)} found"
+            f" {len(AUDIT.tokens)} issued tokens, any JWT, record id or query string:"
+            f" {len(leaks)} found"
         )
         for leak in leaks[:20]:
             reporter.write_line(f"  LEAK {leak}")

@@ -90,14 +90,19 @@ def test_aiohttp_access_log_is_silenced() -> None:
 
 
 def test_leak_audit_finds_a_planted_secret_and_token() -> None:
-    """The run-wide audit is not blind: a secret, a token or a JWT in a line is found."""
+    """The run-wide audit is not blind: a secret, a token, a JWT, a record id or a query
+    string in a line is found."""
     audit = RunAudit(secrets={"s3cret"}, tokens={"tok-123"})
     audit.log_lines.append('{"msg": "clean"}')
     assert audit.leaks() == []
     audit.log_lines.append('{"msg": "x", "auth": "s3cret"}')
     audit.expositions.append('metric{token="tok-123"} 1')
     audit.log_lines.append("Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl")
-    assert len(audit.leaks()) == 3
+    audit.log_lines.append(
+        '{"path": "/v1/Practices/X/Patients/000005ff-1300-0000-0000-008034ec7256"}'
+    )
+    audit.log_lines.append('{"url": "/v1/Practices/X/Appointments?from=2024-01-01"}')
+    assert len(audit.leaks()) == 5
 
 
 def test_recent_rates_over_the_last_minute() -> None:
