@@ -173,7 +173,10 @@ class Proxy:
         except Exception as exc:
             # A bug of ours must still answer in the documented format and be visible, but
             # the message of a foreign exception may quote a URL, so only its type is logged.
-            log.exception("unexpected error", extra={"fields": {"event": "internal_error"}})
+            log.exception(
+                "unexpected error",
+                extra={"fields": {"event": "internal_error", "request_id": exchange.request_id}},
+            )
             internal = GatewayError(f"unexpected gateway error ({type(exc).__name__})")
             exchange.error, exchange.status = internal.reason, internal.status
             return problem_response(internal, exchange.request_id)
