@@ -1,0 +1,1 @@
+"""Deployment artefacts: the Dockerfile and the Helm chart under helm/."""
