@@ -1,0 +1,268 @@
+{{/*
+Named templates. Everything that builds the gateway container reads only .Values and .Release,
+so the same templates serve this chart's own Deployment and, in sidecar mode, another chart's
+pod: that chart passes (dict "Values" .Values.<alias> "Release" .Release). The chart name is
+the literal "exact-gateway" (not .Chart.Name) so that names computed from another chart's
+context match the names this chart gives its own resources (the Secret).
+*/}}
+
+{{- define "exact-gateway.name" -}}
+{{- default "exact-gateway" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "exact-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "exact-gateway.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades, so never the version. */}}
+{{- define "exact-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "exact-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: proxy
+{{- end }}
+
+{{/* Recommended labels of every resource this chart renders (needs the chart's own context). */}}
+{{- define "exact-gateway.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "exact-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: {{ .Values.partOf }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "exact-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "exact-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "exact-gateway.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret the client secret comes from, if any. */}}
+{{- define "exact-gateway.secretName" -}}
+{{- if .Values.secret.existingSecret }}
+{{- .Values.secret.existingSecret }}
+{{- else if and .Values.secret.create .Values.secret.clientSecret }}
+{{- include "exact-gateway.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{- define "exact-gateway.secretFile" -}}
+{{- printf "%s/client-secret" (trimSuffix "/" .Values.secret.mountPath) }}
+{{- end }}
+
+{{/* Seconds the gateway needs after SIGTERM: grace + drain, rounded up. */}}
+{{- define "exact-gateway.drainBudget" -}}
+{{- $s := .Values.settings }}
+{{- $grace := 2.0 }}
+{{- if not (kindIs "invalid" $s.shutdownGraceSeconds) }}{{ $grace = $s.shutdownGraceSeconds }}{{ end }}
+{{- $drain := 20.0 }}
+{{- if not (kindIs "invalid" $s.drainSeconds) }}{{ $drain = $s.drainSeconds }}{{ end }}
+{{- ceil (addf $grace $drain) | int }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds for a pod running the gateway: the configured value (refused
+when it leaves no room for the drain), else max(30, drain budget + 5).
+*/}}
+{{- define "exact-gateway.terminationGracePeriodSeconds" -}}
+{{- $budget := include "exact-gateway.drainBudget" . | int }}
+{{- $given := .Values.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $given }}
+{{- max 30 (add $budget 5) }}
+{{- else if le (int $given) $budget }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed settings.shutdownGraceSeconds + settings.drainSeconds (%d s), or Kubernetes kills the gateway mid-drain" (int $given) $budget) }}
+{{- else }}
+{{- int $given }}
+{{- end }}
+{{- end }}
+
+{{/* Configuration errors Kubernetes would only show as a crash-looping pod. */}}
+{{- define "exact-gateway.validate" -}}
+{{- $s := .Values.settings }}
+{{- if ne (toString $s.environment) "sandbox" }}
+{{- if not $s.clientId }}
+{{- fail (printf "settings.clientId is required when settings.environment is %s" $s.environment) }}
+{{- end }}
+{{- if not $s.scopes }}
+{{- fail (printf "settings.scopes is required when settings.environment is %s" $s.environment) }}
+{{- end }}
+{{- if not (include "exact-gateway.secretName" .) }}
+{{- fail (printf "a client secret is required when settings.environment is %s: set secret.existingSecret (recommended) or secret.clientSecret" $s.environment) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.secret.existingSecret .Values.secret.clientSecret }}
+{{- fail "set secret.existingSecret or secret.clientSecret, not both" }}
+{{- end }}
+{{- $_ := include "exact-gateway.terminationGracePeriodSeconds" . }}
+{{- end }}
+
+{{/* One environment variable value: lists joined by spaces, whole numbers without exponent. */}}
+{{- define "exact-gateway.envValue" -}}
+{{- if kindIs "slice" . }}
+{{- join " " . }}
+{{- else if and (kindIs "float64" .) (eq (floor .) .) }}
+{{- int64 . }}
+{{- else }}
+{{- toString . }}
+{{- end }}
+{{- end }}
+
+{{/* The gateway's environment: only EXACT_GATEWAY_* variables that the gateway reads. */}}
+{{- define "exact-gateway.env" -}}
+{{- $sidecar := eq (toString .Values.mode) "sidecar" -}}
+- name: EXACT_GATEWAY_HOST
+  value: {{ $sidecar | ternary "127.0.0.1" "0.0.0.0" | quote }}
+- name: EXACT_GATEWAY_PORT
+  value: {{ include "exact-gateway.envValue" .Values.ports.proxy | quote }}
+- name: EXACT_GATEWAY_ADMIN_HOST
+  value: "0.0.0.0"
+- name: EXACT_GATEWAY_ADMIN_PORT
+  value: {{ include "exact-gateway.envValue" .Values.ports.admin | quote }}
+{{- if include "exact-gateway.secretName" . }}
+- name: EXACT_GATEWAY_CLIENT_SECRET_FILE
+  value: {{ include "exact-gateway.secretFile" . | quote }}
+{{- end }}
+{{- range $key, $value := .Values.settings }}
+{{- if not (or (kindIs "invalid" $value) (and (kindIs "string" $value) (eq $value "")) (and (kindIs "slice" $value) (empty $value))) }}
+- name: {{ printf "EXACT_GATEWAY_%s" (snakecase $key | upper) }}
+  value: {{ include "exact-gateway.envValue" $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "exact-gateway.volumeName" -}}
+exact-gateway-secret
+{{- end }}
+
+{{/* Pod volumes the gateway container needs (a list, possibly empty). */}}
+{{- define "exact-gateway.volumes" -}}
+{{- with include "exact-gateway.secretName" . }}
+{{- $mode := $.Values.secret.defaultMode }}
+{{- if kindIs "invalid" $mode }}
+{{- $mode = eq (toString $.Values.mode) "sidecar" | ternary 292 288 }}
+{{- end }}
+- name: {{ include "exact-gateway.volumeName" $ }}
+  secret:
+    secretName: {{ . }}
+    defaultMode: {{ int $mode }}
+    items:
+      - key: {{ $.Values.secret.key }}
+        path: client-secret
+{{- end }}
+{{- end }}
+
+{{- define "exact-gateway.probe" -}}
+{{- $timings := index . 0 }}
+{{- $path := index . 1 -}}
+httpGet:
+  path: {{ $path }}
+  port: admin
+{{- toYaml $timings | nindent 0 }}
+{{- end }}
+
+{{/*
+The gateway container, as one list item. In sidecar mode: loopback proxy, no proxy containerPort
+(nothing outside the pod can reach it), restartPolicy Always when it is a native sidecar.
+*/}}
+{{- define "exact-gateway.container" -}}
+{{- include "exact-gateway.validate" . -}}
+{{- $sidecar := eq (toString .Values.mode) "sidecar" -}}
+- name: {{ $sidecar | ternary .Values.sidecar.containerName "exact-gateway" }}
+  image: {{ include "exact-gateway.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if and $sidecar .Values.sidecar.native }}
+  restartPolicy: Always
+  {{- end }}
+  args:
+    - serve
+  ports:
+    {{- if not $sidecar }}
+    - name: proxy
+      containerPort: {{ .Values.ports.proxy }}
+      protocol: TCP
+    {{- end }}
+    - name: admin
+      containerPort: {{ .Values.ports.admin }}
+      protocol: TCP
+  env:
+    {{- include "exact-gateway.env" . | nindent 4 }}
+  {{- if include "exact-gateway.secretName" . }}
+  volumeMounts:
+    - name: {{ include "exact-gateway.volumeName" . }}
+      mountPath: {{ .Values.secret.mountPath }}
+      readOnly: true
+  {{- end }}
+  startupProbe:
+    {{- include "exact-gateway.probe" (list .Values.probes.startup "/readyz") | nindent 4 }}
+  livenessProbe:
+    {{- include "exact-gateway.probe" (list .Values.probes.liveness "/healthz") | nindent 4 }}
+  {{- if or (not $sidecar) .Values.sidecar.readinessProbe }}
+  readinessProbe:
+    {{- include "exact-gateway.probe" (list .Values.probes.readiness "/readyz") | nindent 4 }}
+  {{- end }}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+{{- end }}
+
+{{/* ---- The sidecar API: what another chart includes in its pod template. ---------------- */}}
+
+{{- define "exact-gateway.sidecar.requireMode" -}}
+{{- if ne (toString .Values.mode) "sidecar" }}
+{{- fail "the exact-gateway.sidecar.* templates need mode: sidecar in the values passed to them" }}
+{{- end }}
+{{- end }}
+
+{{/* The gateway as a native sidecar: an initContainers item (nothing when sidecar.native is false). */}}
+{{- define "exact-gateway.sidecar.initContainers" -}}
+{{- include "exact-gateway.sidecar.requireMode" . }}
+{{- if .Values.sidecar.native }}
+{{- include "exact-gateway.container" . }}
+{{- end }}
+{{- end }}
+
+{{/* The gateway as a regular container: a containers item (nothing when sidecar.native is true). */}}
+{{- define "exact-gateway.sidecar.containers" -}}
+{{- include "exact-gateway.sidecar.requireMode" . }}
+{{- if not .Values.sidecar.native }}
+{{- include "exact-gateway.container" . }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes items the sidecar needs (the client-secret volume, when there is a secret). */}}
+{{- define "exact-gateway.sidecar.volumes" -}}
+{{- include "exact-gateway.sidecar.requireMode" . }}
+{{- include "exact-gateway.volumes" . }}
+{{- end }}
+
+{{/* Where the app container reaches the gateway: http://127.0.0.1:<ports.proxy>. */}}
+{{- define "exact-gateway.sidecar.url" -}}
+{{- printf "http://127.0.0.1:%s" (include "exact-gateway.envValue" .Values.ports.proxy) }}
+{{- end }}
+
+{{/* The pod label the sidecar-mode PodMonitor selects. */}}
+{{- define "exact-gateway.sidecar.podLabels" -}}
+exact-gateway-sidecar: {{ include "exact-gateway.fullname" . }}
+{{- end }}
