@@ -16,107 +16,23 @@ from tests.observability.conftest import DASHBOARD, RULES, sample_names, scrape
 
 # PromQL functions and aggregation operators (Prometheus 2.42).
 FUNCTIONS = frozenset(
-    [
-        "abs",
-        "absent",
-        "absent_over_time",
-        "acos",
-        "acosh",
-        "asin",
-        "asinh",
-        "atan",
-        "atanh",
-        "avg_over_time",
-        "ceil",
-        "changes",
-        "clamp",
-        "clamp_max",
-        "clamp_min",
-        "cos",
-        "cosh",
-        "count_over_time",
-        "days_in_month",
-        "day_of_month",
-        "day_of_week",
-        "day_of_year",
-        "deg",
-        "delta",
-        "deriv",
-        "exp",
-        "floor",
-        "histogram_count",
-        "histogram_fraction",
-        "histogram_quantile",
-        "histogram_sum",
-        "holt_winters",
-        "hour",
-        "idelta",
-        "increase",
-        "irate",
-        "label_join",
-        "label_replace",
-        "last_over_time",
-        "ln",
-        "log10",
-        "log2",
-        "max_over_time",
-        "min_over_time",
-        "minute",
-        "month",
-        "pi",
-        "predict_linear",
-        "present_over_time",
-        "quantile_over_time",
-        "rad",
-        "rate",
-        "resets",
-        "round",
-        "scalar",
-        "sgn",
-        "sin",
-        "sinh",
-        "sort",
-        "sort_desc",
-        "sqrt",
-        "stddev_over_time",
-        "stdvar_over_time",
-        "sum_over_time",
-        "tan",
-        "tanh",
-        "time",
-        "timestamp",
-        "vector",
-        "year",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-    ]
+    re.findall(
+        r"\w+",
+        """abs absent absent_over_time acos acosh asin asinh atan atanh avg_over_time ceil
+        changes clamp clamp_max clamp_min cos cosh count_over_time days_in_month day_of_month
+        day_of_week day_of_year deg delta deriv exp floor histogram_count histogram_fraction
+        histogram_quantile histogram_sum holt_winters hour idelta increase irate label_join
+        label_replace last_over_time ln log10 log2 max_over_time min_over_time minute month pi
+        predict_linear present_over_time quantile_over_time rad rate resets round scalar sgn sin
+        sinh sort sort_desc sqrt stddev_over_time stdvar_over_time sum_over_time tan tanh time
+        timestamp vector year
+        sum min max avg group stddev stdvar count count_values bottomk topk quantile""",
+    )
 )
 KEYWORDS = frozenset(
-    [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "inf",
-        "nan",
-    ]
+    re.findall(
+        r"\w+", "by without on ignoring group_left group_right and or unless bool offset inf nan"
+    )
 )
 # Names a rule or panel may use that the gateway does not export: Prometheus' own.
 NOT_FROM_THE_GATEWAY = frozenset({"up"})
