@@ -161,7 +161,7 @@ exact-gateway-secret
 {{- $mode := $.Values.secret.defaultMode }}
 {{- if kindIs "invalid" $mode }}
 {{- $mode = eq (toString $.Values.mode) "sidecar" | ternary 292 288 }}
-{{- end }}
+{{- end -}}
 - name: {{ include "exact-gateway.volumeName" $ }}
   secret:
     secretName: {{ . }}
