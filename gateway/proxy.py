@@ -179,6 +179,7 @@ class Proxy:
             )
             internal = GatewayError(f"unexpected gateway error ({type(exc).__name__})")
             exchange.error, exchange.status = internal.reason, internal.status
+            self._metrics.rejected.labels(internal.reason).inc()
             return problem_response(internal, exchange.request_id)
         finally:
             self.inflight -= 1
