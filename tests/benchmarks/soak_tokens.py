@@ -17,8 +17,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -29,48 +27,17 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, wait_http
+from harness import free_port, start_gateway, start_sandbox, stop
 
 
 async def soak(args: argparse.Namespace) -> int:
     sandbox_port, proxy_port, admin_port = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXACT_GATEWAY_")}
     logs = Path(tempfile.mkdtemp(prefix="soak-")) / "gateway.log"
-    sandbox = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "sandbox",
-        "--port",
-        str(sandbox_port),
-        "--token-lifetime",
-        str(args.lifetime),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    sandbox = await start_sandbox(sandbox_port, "--token-lifetime", str(args.lifetime))
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-    gateway_env = env | {
-        "EXACT_GATEWAY_ENVIRONMENT": "sandbox",
-        "EXACT_GATEWAY_API_URL": sandbox_url,
-        "EXACT_GATEWAY_PORT": str(proxy_port),
-        "EXACT_GATEWAY_ADMIN_PORT": str(admin_port),
-        "EXACT_GATEWAY_ADMIN_HOST": "127.0.0.1",
-    }
-    with logs.open("w") as log_file:
-        gateway = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            env=gateway_env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log_file,
-        )
     statuses: dict[int, int] = {}
+    gateway = await start_gateway(sandbox_port, proxy_port, admin_port, logs)
     try:
-        await wait_http(f"{sandbox_url}/.well-known/openid-configuration")
-        await wait_http(f"http://127.0.0.1:{admin_port}/readyz")
         url = f"http://127.0.0.1:{proxy_port}/v1/Practices/UKTEST1/details"
         interval = 1.0 / args.rate
         started = time.monotonic()
@@ -86,11 +53,7 @@ async def soak(args: argparse.Namespace) -> int:
             async with client.get(f"{sandbox_url}/_sandbox/identity") as resp:
                 identity = await resp.json()
     finally:
-        for process in (gateway, sandbox):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        await gateway.wait()
-        await sandbox.wait()
+        await stop(gateway, sandbox)
 
     refreshed = [
         datetime.fromisoformat(json.loads(line)["ts"].replace("Z", "+00:00"))
