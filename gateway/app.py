@@ -232,16 +232,21 @@ async def sandbox_for(settings: Settings) -> AsyncIterator[Settings]:
         await sandbox.stop()
 
 
+async def until_signalled() -> None:
+    """Return when the process gets SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     async with sandbox_for(settings) as effective:
         gateway = Gateway(effective)
         await gateway.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await until_signalled()
         await gateway.shutdown()
 
 
@@ -254,9 +259,5 @@ async def run_sandbox(settings: SandboxServerSettings) -> None:
         "EXACT sandbox listening: simulated data, demo client id and secret in the README",
         extra={"fields": {"event": "sandbox", "sandbox_url": sandbox.url}},
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await until_signalled()
     await sandbox.stop()

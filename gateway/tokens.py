@@ -319,7 +319,7 @@ class TokenSource:
             wait = 0.0
         else:
             wait = self._refresh_at - now
-        if self._secret_stamp is not None or self._identity.config.client_secret_file:
+        if self._identity.config.client_secret_file is not None:
             wait = min(wait, self.policy.secret_poll)
         return max(0.0, wait)
 
