@@ -188,8 +188,8 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     """Start gateways on free loopback ports; each is drained and stopped after the test."""
     started: list[Gateway] = []
 
-    async def start(settings: Settings) -> Gateway:
-        gateway = Gateway(settings, registry=CollectorRegistry())
+    async def start(settings: Settings, token_policy: TokenPolicy | None = None) -> Gateway:
+        gateway = Gateway(settings, registry=CollectorRegistry(), token_policy=token_policy)
         await gateway.start()
         started.append(gateway)
         return gateway
@@ -316,21 +316,11 @@ async def sandbox() -> AsyncIterator[TestServer]:
 
 
 @pytest.fixture
-async def sandbox_gateway(sandbox: TestServer, start_gateway: GatewayFactory) -> Gateway:
+async def sandbox_gateway(sandbox: TestServer, start_on_sandbox: SandboxGatewayFactory) -> Gateway:
     """A gateway in front of the sandbox, with the sandbox's demo credentials."""
-    url = str(sandbox.make_url("")).rstrip("/")
-    settings = load_settings(
-        environment="sandbox",
-        api_url=url,
-        host="127.0.0.1",
-        port=0,
-        admin_host="127.0.0.1",
-        admin_port=0,
-        shutdown_grace_seconds=0,
-        retry_backoff_base_seconds=0.01,
-        retry_backoff_max_seconds=0.05,
+    return await start_on_sandbox(
+        sandbox, retry_backoff_base_seconds=0.01, retry_backoff_max_seconds=0.05
     )
-    return await start_gateway(with_sandbox_defaults(settings))
 
 
 FAST_TOKENS = TokenPolicy(retry_base=0.2, retry_cap=1.0, min_retry=0.1, secret_poll=0.1)
@@ -356,9 +346,8 @@ async def make_sandbox() -> AsyncIterator[SandboxFactory]:
 
 
 @pytest.fixture
-async def start_on_sandbox() -> AsyncIterator[SandboxGatewayFactory]:
+async def start_on_sandbox(start_gateway: GatewayFactory) -> SandboxGatewayFactory:
     """Start gateways in front of a sandbox, with a fast token policy unless told otherwise."""
-    started: list[Gateway] = []
 
     async def start(
         sandbox: TestServer, policy: TokenPolicy = FAST_TOKENS, **overrides: Any
@@ -373,15 +362,9 @@ async def start_on_sandbox() -> AsyncIterator[SandboxGatewayFactory]:
             shutdown_grace_seconds=0,
             **overrides,
         )
-        gateway = Gateway(with_sandbox_defaults(settings), token_policy=policy)
-        await gateway.start()
-        started.append(gateway)
-        return gateway
+        return await start_gateway(with_sandbox_defaults(settings), policy)
 
-    yield start
-    for gateway in started:
-        await gateway.shutdown()
-        AUDIT.expositions.append(generate_latest(gateway.metrics.registry).decode())
+    return start
 
 
 async def control(sandbox: TestServer, method: str, path: str, body: Any = None) -> Any:
