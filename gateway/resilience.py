@@ -139,21 +139,13 @@ class Resilience:
             breaker = self.breakers.get(practice_id.upper())
             admission = breaker.admit(now)
             if not admission.allowed:
-                raise CircuitOpen(
-                    f"practice {practice_id} is not answering; the next probe is in"
-                    f" {admission.retry_after:.0f} s",
-                    practice_id=practice_id,
-                    retry_after=admission.retry_after,
-                )
+                raise _practice_open(practice_id, admission.retry_after)
             practice_probe = admission.probe
         upstream: Admission = self.upstream.admit(now)
         if not upstream.allowed:
             if breaker is not None and practice_probe:
                 breaker.release()
-            raise UpstreamCircuitOpen(
-                "the EXACT API is failing for many requests; calls are paused",
-                retry_after=upstream.retry_after,
-            )
+            raise _upstream_open(upstream.retry_after)
         return Ticket(breaker, practice_probe, upstream.probe)
 
     def opened_by(self, ticket: Ticket) -> GatewayError | None:
@@ -161,17 +153,9 @@ class Resilience:
         now = self.clock()
         practice = ticket.practice
         if practice is not None and practice.state is State.OPEN:
-            return CircuitOpen(
-                f"practice {practice.key} is not answering; calls are paused for"
-                f" {practice.open_until - now:.0f} s",
-                practice_id=practice.key,
-                retry_after=practice.open_until - now,
-            )
+            return _practice_open(practice.key, practice.open_until - now)
         if self.upstream.state is State.OPEN:
-            return UpstreamCircuitOpen(
-                "the EXACT API is failing for many requests; calls are paused",
-                retry_after=self.upstream.open_until - now,
-            )
+            return _upstream_open(self.upstream.open_until - now)
         return None
 
     def abandon(self, ticket: Ticket) -> None:
@@ -263,6 +247,21 @@ class Resilience:
             "retry_budget": self.budget.state(now),
             "inflight": self.bulkhead.inflight,
         }
+
+
+def _practice_open(practice_id: str, retry_after: float) -> CircuitOpen:
+    return CircuitOpen(
+        f"practice {practice_id} is not answering; the next probe is in {retry_after:.0f} s",
+        practice_id=practice_id,
+        retry_after=retry_after,
+    )
+
+
+def _upstream_open(retry_after: float) -> UpstreamCircuitOpen:
+    return UpstreamCircuitOpen(
+        "the EXACT API is failing for many requests; calls are paused",
+        retry_after=retry_after,
+    )
 
 
 def _verdict(failed: bool) -> Observation:
