@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import statistics
 from collections.abc import Callable
@@ -241,15 +242,7 @@ async def test_changed_secret_file_retries_at_once(tmp_path: Path) -> None:
     secret.write_text("old")
     clock = FakeClock()
     identity = FakeIdentity(clock, answer=lambda n: CredentialsRejected("invalid_client", None))
-    identity.config = TokenConfig(
-        client_id="c",
-        client_secret=None,
-        client_secret_file=secret,
-        scopes=("practice.get",),
-        authority_url="http://127.0.0.1:9",
-        token_url="http://127.0.0.1:9/token",
-        timeout=1,
-    )
+    identity.config = dataclasses.replace(identity.config, client_secret_file=secret)
     source = make_source(identity)
     await run_for(source, clock, 0.1, 0.05)
     assert not source.due(clock.now)
