@@ -29,6 +29,9 @@ class Lifecycle(Protocol):
     @property
     def inflight(self) -> int: ...
 
+    @property
+    def ready_requires_usable_token(self) -> bool: ...
+
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 TOKENS: web.AppKey[TokenSource] = web.AppKey("tokens", TokenSource)
@@ -42,15 +45,28 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def not_ready_reason(lifecycle: Lifecycle, tokens: TokenSource) -> str | None:
+    """Why the gateway should not get traffic now, or None when it should.
+
+    Ready once a first token has been obtained since start and not draining. An identity
+    server outage after that does not take the replica out of its Service: callers then get
+    503 ``token_unavailable`` with ``Retry-After`` from the gateway, which they can act on,
+    instead of connection errors from a Service with no endpoints (every replica would flip
+    together). ``READY_REQUIRES_USABLE_TOKEN`` restores the stricter rule.
+    """
+    if lifecycle.draining:
+        return "draining"
+    if tokens.has_usable_token():
+        return None
+    if tokens.ready_event.is_set() and not lifecycle.ready_requires_usable_token:
+        return None
+    return f"no usable access token: {tokens.last_error or 'not fetched yet'}"
+
+
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[LIFECYCLE].draining:
-        return web.json_response({"ready": False, "reason": "draining"}, status=503)
-    tokens = request.app[TOKENS]
-    if not tokens.has_usable_token():
-        reason = tokens.last_error or "not fetched yet"
-        return web.json_response(
-            {"ready": False, "reason": f"no usable access token: {reason}"}, status=503
-        )
+    reason = not_ready_reason(request.app[LIFECYCLE], request.app[TOKENS])
+    if reason is not None:
+        return web.json_response({"ready": False, "reason": reason}, status=503)
     return web.json_response({"ready": True})
 
 
@@ -89,7 +105,7 @@ async def status(request: web.Request) -> web.Response:
         status_document(
             version=__version__,
             environment=lifecycle.environment,
-            ready=tokens.has_usable_token() and not lifecycle.draining,
+            ready=not_ready_reason(lifecycle, tokens) is None,
             draining=lifecycle.draining,
             token=tokens.status(),
             breakers=request.app[RESILIENCE].breaker_status(),

@@ -84,6 +84,10 @@ class Gateway:
     def inflight(self) -> int:
         return self.proxy.inflight
 
+    @property
+    def ready_requires_usable_token(self) -> bool:
+        return self.settings.ready_requires_usable_token
+
     async def start(self) -> None:
         settings = self.settings
         api_url = settings.resolved_api_url()

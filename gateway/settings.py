@@ -147,12 +147,23 @@ class Settings(BaseSettings):
     # The partner-wide breaker: the EXACT host unreachable, or its relay failing wholesale.
     upstream_breaker_failures: int = Field(default=5, ge=1)
     upstream_breaker_practices: int = Field(default=20, ge=2)
+    # ...and only when this share of the distinct practices attempted in the window failed.
+    upstream_breaker_practice_ratio: float = Field(default=0.8, gt=0, le=1)
     upstream_breaker_window_seconds: float = Field(default=10.0, gt=0)
     upstream_breaker_open_seconds: float = Field(default=5.0, gt=0)
     upstream_breaker_open_max_seconds: float = Field(default=60.0, gt=0)
     # Concurrency limits (bulkheads).
     practice_concurrency: int = Field(default=10, ge=1)
     global_concurrency: int = Field(default=10000, ge=1)
+
+    # Idempotency-Key records of POST/PATCH (README "Idempotency"), in memory only.
+    idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
+    idempotency_max_keys: int = Field(default=10000, ge=1)
+    idempotency_max_response_bytes: int = Field(default=65536, ge=0)
+    idempotency_max_stored_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+
+    # Readiness: true restores the first round's rule (ready only while a token is usable).
+    ready_requires_usable_token: bool = False
 
     # Lifecycle (see README "Shutdown"): drain stays below Kubernetes' default 30 s grace.
     shutdown_grace_seconds: float = Field(default=2.0, ge=0)

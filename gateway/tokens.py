@@ -19,6 +19,13 @@ One token serves every request. Its life, in the order things happen:
   ``token_unavailable`` with ``Retry-After`` at once (they do not each hammer the identity
   server). Refused credentials back off far longer: retrying a wrong secret quickly achieves
   nothing, but a changed secret file (Kubernetes rotating a Secret) triggers a retry at once.
+* **Never stuck**: every change of the schedule (a failure on any path, a 401 dropping the
+  token, a success) wakes the background loop, which then recomputes when to act. Without
+  that, a fetch that a request triggered and that failed left the loop asleep until the old
+  refresh time, and a gateway with no traffic stayed without a token for most of an hour.
+* **Never a storm**: token requests start at least ``min_fetch_interval`` apart whatever the
+  identity server or EXACT say, and a lifetime below ``min_lifetime`` is scheduled as that
+  floor (an ``expires_in`` of 0.001 would otherwise mean a token request per event-loop turn).
 
 Everything time-related goes through the injected clock and random source, so the schedule is
 tested without sleeping (``tests/unit/test_token_schedule.py``).
@@ -31,7 +38,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +46,8 @@ from gateway.backoff import backoff_ceiling, full_jitter
 from gateway.errors import ConfigError, TokenUnavailable
 from gateway.identity import CredentialsRejected, Grant, TokenConfig, TokenEndpointError
 from gateway.metrics import Metrics
+
+Sleep = Callable[[float], Awaitable[None]]
 
 log = logging.getLogger("exact_gateway.tokens")
 
@@ -68,6 +77,10 @@ class TokenPolicy:
     # fresh token is a configuration problem, and each caller would otherwise cost a fetch.
     unauthorized_refresh_interval: float = 5.0
     secret_poll: float = 5.0
+    # Token requests never start closer together than this, whatever happens.
+    min_fetch_interval: float = 2.0
+    # A shorter lifetime is scheduled as if it were this long (see the module docstring).
+    min_lifetime: float = 30.0
 
     def refresh_delay(self, lifetime: float, rng: random.Random) -> float:
         low = self.refresh_fraction - self.refresh_jitter
@@ -130,8 +143,10 @@ class TokenSource:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._identity = identity
+        self._sleep = sleep
         self._metrics = metrics
         self.policy = policy if policy is not None else TokenPolicy()
         self._clock = clock
@@ -146,6 +161,11 @@ class TokenSource:
         self._failures = 0
         self._refused = False
         self._last_unauthorized_refresh = float("-inf")
+        self._last_fetch_started = float("-inf")
+        self._unauthorized_interval = self.policy.unauthorized_refresh_interval
+        self._lifetime_floored = False
+        # Set whenever the schedule changes, so the background loop recomputes its wait.
+        self._wake = asyncio.Event()
         self._secret_stamp = identity.config.secret_file_stamp()
         self.last_error: str | None = None
         self.ready_event = asyncio.Event()
@@ -190,10 +210,20 @@ class TokenSource:
                 return current.value  # another request already replaced it
             if self._inflight is None:
                 since = now - self._last_unauthorized_refresh
-                if since < self.policy.unauthorized_refresh_interval:
+                if since < self._unauthorized_interval:
                     return None
+                # Refused again soon after the last such refresh: EXACT keeps refusing fresh
+                # tokens (a clock skew, a hostile identity server), so back off; a token that
+                # served for a while resets it.
+                if since < 2 * self._unauthorized_interval:
+                    self._unauthorized_interval = min(
+                        self.policy.retry_cap, 2 * self._unauthorized_interval
+                    )
+                else:
+                    self._unauthorized_interval = self.policy.unauthorized_refresh_interval
                 self._last_unauthorized_refresh = now
                 self._token = None  # never send a token EXACT has refused
+                self._wake.set()
                 log.warning(
                     "EXACT refused the access token; fetching a new one",
                     extra={"fields": {"event": "token_rejected"}},
@@ -225,7 +255,11 @@ class TokenSource:
             future.exception()  # retrieved here, so an unawaited failure is not reported
 
     async def _fetch(self) -> AccessToken:
-        started = self._clock()
+        # Rate limit: inside the single flight, so every waiter shares the one pause.
+        pause = self._last_fetch_started + self.policy.min_fetch_interval - self._clock()
+        if pause > 0:
+            await self._sleep(pause)
+        started = self._last_fetch_started = self._clock()
         result = "success"
         try:
             grant = await self._identity.request_token()
@@ -241,6 +275,11 @@ class TokenSource:
             result = exc.kind
             self._failed(str(exc), refused=False)
             raise
+        except Exception as exc:
+            # A failure nobody foresaw must still schedule the next try, or the loop stalls.
+            result = "bad_response"
+            self._failed(f"unexpected token error ({type(exc).__name__})", refused=False)
+            raise TokenEndpointError("bad_response", "unexpected token error") from exc
         finally:
             self._metrics.token_requests.labels(result).inc()
             self._metrics.token_request_duration.observe(self._clock() - started)
@@ -249,15 +288,30 @@ class TokenSource:
     def _succeeded(self, grant: Grant) -> AccessToken:
         now = self._clock()
         self._generation += 1
+        lifetime = max(grant.lifetime, self.policy.min_lifetime)
+        self._lifetime_floored = lifetime != grant.lifetime
+        if self._lifetime_floored:
+            log.warning(
+                "the identity server issued a token that lives less than the floor; scheduling"
+                " it as if it lived the floor",
+                extra={
+                    "fields": {
+                        "event": "token_lifetime_floored",
+                        "expires_in": grant.lifetime,
+                        "floor": self.policy.min_lifetime,
+                    }
+                },
+            )
         token = AccessToken(
             value=grant.value,
             generation=self._generation,
             obtained_at=now,
-            lifetime=grant.lifetime,
-            expires_at_unix=self._wall_clock() + grant.lifetime,
+            lifetime=lifetime,
+            expires_at_unix=self._wall_clock() + lifetime,
         )
         self._token = token
-        self._refresh_at = now + self.policy.refresh_delay(grant.lifetime, self._rng)
+        self._refresh_at = now + self.policy.refresh_delay(lifetime, self._rng)
+        self._wake.set()
         self._retry_at = None
         self._failures = 0
         self._refused = False
@@ -269,7 +323,7 @@ class TokenSource:
                 "fields": {
                     "event": "token_refreshed",
                     "generation": token.generation,
-                    "expires_in": round(grant.lifetime, 1),
+                    "expires_in": round(lifetime, 1),
                     "next_refresh_in": round(self._refresh_at - now, 1),
                 }
             },
@@ -286,6 +340,7 @@ class TokenSource:
         delay = self.policy.retry_delay(self._failures, refused, self._rng)
         self._retry_at = now + delay
         self.last_error = message
+        self._wake.set()
         fields = {
             "event": "token_failed",
             "error": message,
@@ -323,6 +378,15 @@ class TokenSource:
             wait = min(wait, self.policy.secret_poll)
         return max(0.0, wait)
 
+    def schedule_invariant_holds(self, now: float) -> bool:
+        """With no fetch in flight, the loop has a next try unless a usable token is held.
+
+        Checked by the property test after every random event; cheap enough to log on.
+        """
+        if self._inflight is not None or (self._token is not None and self._token.usable(now)):
+            return True
+        return self._retry_at is not None or self._token is None or self._refresh_at <= now
+
     def secret_file_changed(self) -> bool:
         """Notice a replaced secret file; after a failure, retry with it at once."""
         stamp = self._identity.config.secret_file_stamp()
@@ -332,17 +396,31 @@ class TokenSource:
         log.info("client secret file changed", extra={"fields": {"event": "secret_changed"}})
         if self._retry_at is not None:
             self._retry_at = self._clock()
+            self._wake.set()
         return True
 
     async def run(self) -> None:
         """Fetch at start, refresh before expiry, retry with backoff; until cancelled."""
         while True:
-            await asyncio.sleep(self.next_wakeup(self._clock()))
+            self._wake.clear()
+            await self._pause(self.next_wakeup(self._clock()))
             self.secret_file_changed()
             if self.due(self._clock()):
                 # Failures are recorded, logged and scheduled by _fetch; nothing to add here.
                 with contextlib.suppress(ConfigError, TokenEndpointError):
                     await self.refresh()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the schedule changes meanwhile."""
+        if self._wake.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
 
     # -- visibility -------------------------------------------------------------------------
 
@@ -364,6 +442,7 @@ class TokenSource:
             "consecutive_failures": self._failures,
             "last_error": self.last_error,
             "credentials_refused": self._refused,
+            "lifetime_floored": self._lifetime_floored,
             "retry_in_seconds": (
                 round(max(0.0, self._retry_at - now), 3) if self._retry_at is not None else None
             ),

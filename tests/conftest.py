@@ -323,7 +323,14 @@ async def sandbox_gateway(sandbox: TestServer, start_on_sandbox: SandboxGatewayF
     )
 
 
-FAST_TOKENS = TokenPolicy(retry_base=0.2, retry_cap=1.0, min_retry=0.1, secret_poll=0.1)
+FAST_TOKENS = TokenPolicy(
+    retry_base=0.2,
+    retry_cap=1.0,
+    min_retry=0.1,
+    secret_poll=0.1,
+    min_fetch_interval=0.05,
+    min_lifetime=1.0,
+)
 
 
 SandboxFactory = Callable[..., Awaitable[TestServer]]

@@ -7,6 +7,7 @@ import base64
 
 import aiohttp
 
+from gateway.tokens import TokenPolicy
 from tests.conftest import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -63,7 +64,9 @@ async def test_short_lived_token_is_replaced_before_expiry(
 ) -> None:
     """A token inside its safety margin is not sent; a new one is fetched instead."""
     upstream.token_lifetime = 1  # usable for 0.9 s
-    gateway = await start_gateway(gateway_settings(upstream.url))
+    # The default floor would schedule a 1 s token as a 30 s one (tested on its own).
+    policy = TokenPolicy(min_lifetime=1.0, min_fetch_interval=0.0)
+    gateway = await start_gateway(gateway_settings(upstream.url), policy)
     async with aiohttp.ClientSession() as client:
         await (await client.get(proxy_url(gateway, "/v1/Subscriptions/active"))).read()
         first = upstream.seen[-1].header("authorization")

@@ -18,14 +18,7 @@ from gateway.errors import TokenUnavailable
 from gateway.identity import CredentialsRejected, Grant, TokenConfig, TokenEndpointError
 from gateway.metrics import build_metrics
 from gateway.tokens import TokenPolicy, TokenSource
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 @dataclass
@@ -64,6 +57,8 @@ class FakeIdentity:
 def make_source(
     identity: FakeIdentity, policy: TokenPolicy | None = None, seed: int = 7
 ) -> TokenSource:
+    # These tests drive fetches themselves at fake times; the rate limit has its own tests.
+    policy = dataclasses.replace(policy or TokenPolicy(), min_fetch_interval=0.0)
     return TokenSource(
         identity,
         build_metrics("test", CollectorRegistry()),
