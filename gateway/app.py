@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.admin import build_admin_app
+from gateway.idempotency import IdempotencyStore
 from gateway.identity import IdentityClient, TokenConfig
 from gateway.metrics import Metrics, build_metrics
 from gateway.proxy import Proxy
@@ -121,6 +122,13 @@ class Gateway:
             deadline=settings.deadline_seconds,
             replay_buffer_bytes=settings.replay_buffer_bytes,
             rates=self.rates,
+            idempotency=IdempotencyStore(
+                ttl=settings.idempotency_ttl_seconds,
+                max_keys=settings.idempotency_max_keys,
+                max_response_bytes=settings.idempotency_max_response_bytes,
+                max_stored_bytes=settings.idempotency_max_stored_bytes,
+                clock=self.resilience.clock,
+            ),
         )
 
         self._admin_runner = web.AppRunner(

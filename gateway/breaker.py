@@ -10,7 +10,9 @@ caller (``now``), randomness from an injected ``random.Random``.
   ``window`` seconds failed at ``ratio`` or more.
 * **Open**: calls fail fast until ``open_until``. The open duration starts at ``open_base``,
   doubles on each re-opening without a success between, up to ``open_max``, and is shortened
-  by a random share up to ``jitter`` (so breakers that opened together do not probe together).
+  by a random share up to ``jitter`` (so breakers that opened together do not probe together);
+  but never shorter than the ``Retry-After`` EXACT sent with the failures that opened it
+  (capped by ``open_max``): EXACT knows better than our guess when to ask again.
 * **Half-open**: one probe at a time; other callers keep failing fast. Success closes the
   breaker; failure re-opens it for longer.
 
@@ -27,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from cachetools import TTLCache
+from cachetools import Cache, TTLCache
 
 
 class State(StrEnum):
@@ -86,6 +88,7 @@ class Breaker:
         "opened_at",
         "probe_in_flight",
         "reopenings",
+        "retry_hint",
         "state",
     )
 
@@ -106,6 +109,7 @@ class Breaker:
         self.opened_at = 0.0
         self.open_until = 0.0
         self.probe_in_flight = False
+        self.retry_hint = 0.0  # the longest Retry-After of the current run of failures
         self._bucket_start = [0.0] * policy.buckets
         self._bucket_calls = [0] * policy.buckets
         self._bucket_failures = [0] * policy.buckets
@@ -126,14 +130,25 @@ class Breaker:
         self.probe_in_flight = True
         return Admission(True, probe=True)
 
-    def record(self, now: float, observation: Observation, *, probe: bool = False) -> None:
-        """The outcome of an admitted call."""
+    def record(
+        self,
+        now: float,
+        observation: Observation,
+        *,
+        probe: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        """The outcome of an admitted call (with EXACT's ``Retry-After``, if it sent one)."""
         if probe:
             self.probe_in_flight = False
         if observation is Observation.NEUTRAL:
             return
         failed = observation is Observation.FAILURE
         self._count(now, failed)
+        if not failed:
+            self.retry_hint = 0.0
+        elif retry_after is not None:
+            self.retry_hint = max(self.retry_hint, retry_after)
         if self.state is State.HALF_OPEN:
             if not probe:
                 return  # a call admitted before the breaker opened: the probe decides
@@ -172,6 +187,7 @@ class Breaker:
         self.consecutive_failures = 0
         self.reopenings = 0
         self.probe_in_flight = False
+        self.retry_hint = 0.0
         self._bucket_calls = [0] * self._policy.buckets
         self._bucket_failures = [0] * self._policy.buckets
 
@@ -206,6 +222,10 @@ class Breaker:
                 failures += f
         return calls, failures
 
+    def has_recent_failures(self, now: float) -> bool:
+        """Failures in a row, or any in the window: a breaker worth keeping in the table."""
+        return self.consecutive_failures > 0 or self.window_counts(now)[1] > 0
+
     def _ratio_tripped(self, now: float) -> bool:
         calls, failures = self.window_counts(now)
         return calls >= self._policy.min_calls and failures >= self._policy.ratio * calls
@@ -214,7 +234,10 @@ class Breaker:
 
     def _open(self, now: float) -> None:
         self.opened_at = now
-        self.open_until = now + self._policy.open_duration(self.reopenings, self._rng)
+        duration = self._policy.open_duration(self.reopenings, self._rng)
+        duration = max(duration, min(self.retry_hint, self._policy.open_max))
+        self.retry_hint = 0.0
+        self.open_until = now + duration
         self.consecutive_failures = 0
         self._move(State.OPEN)
 
@@ -255,7 +278,7 @@ class BreakerTable:
         self._idle = idle
         self._max = max_entries
         self._on_transition = on_transition
-        self._closed: TTLCache[str, Breaker] = TTLCache(max_entries, idle, timer=clock)
+        self._closed = _ClosedBreakers(max_entries, idle, timer=clock)
         self._active: dict[str, tuple[Breaker, float]] = {}  # breaker, last used
 
     def get(self, key: str) -> Breaker:
@@ -326,32 +349,76 @@ class BreakerTable:
         return reset
 
 
-class DistinctFailures:
-    """How many distinct keys (practices) failed in the last ``window`` seconds.
+# How many of the least recently used closed breakers eviction looks at for one without
+# recent failures: a bound on the work a flood of new practice ids can cause per insert.
+EVICTION_SCAN = 64
 
-    Many practices failing together is the signature of EXACT's cloud failing, not of many
-    practices going offline at once. Memory: one entry per practice failing in the window.
+
+class _ClosedBreakers(TTLCache[str, Breaker]):
+    """Closed breakers, LRU, but eviction spares those with recent failures when it can.
+
+    Plain LRU let a flood of new practice ids evict a closed breaker that had just counted
+    four failures of an offline practice, resetting it to zero (and the practice's callers
+    paid the failures again). Eviction now takes the least recently used breaker that has no
+    recent failure among the oldest ``EVICTION_SCAN``, and only falls back to plain LRU when
+    every one of those is failing.
     """
 
-    def __init__(self, threshold: int, window: float) -> None:
-        self._threshold = threshold
-        self._window = window
-        self._last: dict[str, float] = {}  # insertion order = oldest failure first
+    def popitem(self) -> tuple[str, Breaker]:
+        now = self.timer()
+        for index, key in enumerate(self):  # oldest (least recently set) first
+            if index >= EVICTION_SCAN:
+                break
+            breaker: Breaker = Cache.__getitem__(self, key)  # reads without touching LRU
+            if not breaker.has_recent_failures(now):
+                return key, self.pop(key)
+        return super().popitem()
 
-    def record(self, key: str, now: float) -> bool:
-        """Note a failure of ``key``; say whether the threshold of distinct keys is reached."""
-        self._last.pop(key, None)
-        self._last[key] = now
+
+class PracticeOutcomes:
+    """The latest outcome of each distinct practice attempted in the last ``window`` seconds.
+
+    A correlated outage (EXACT's relay failing, not the practices) is declared when at least
+    ``min_failed`` distinct practices failed *and* they are at least ``ratio`` of the distinct
+    practices attempted: 20 closed surgeries touched by a nightly batch among 100 healthy
+    practices are 17%, not an EXACT outage; the relay failing for everyone is 100%. Memory:
+    one entry per practice attempted in the window.
+    """
+
+    def __init__(self, min_failed: int, ratio: float, window: float) -> None:
+        self._min_failed = min_failed
+        self._ratio = ratio
+        self._window = window
+        self._latest: dict[str, tuple[float, bool]] = {}  # insertion order = oldest first
+        self._failed = 0
+
+    def record(self, key: str, now: float, failed: bool) -> bool:
+        """Note ``key``'s latest outcome; say whether this now looks like EXACT failing."""
+        previous = self._latest.pop(key, None)
+        if previous is not None and previous[1]:
+            self._failed -= 1
+        self._latest[key] = (now, failed)
+        self._failed += failed
         oldest = now - self._window
-        while self._last:
-            stale, at = next(iter(self._last.items()))
+        while self._latest:
+            stale, (at, stale_failed) = next(iter(self._latest.items()))
             if at > oldest:
                 break
-            del self._last[stale]
-        return len(self._last) >= self._threshold
+            del self._latest[stale]
+            self._failed -= stale_failed
+        return (
+            failed
+            and self._failed >= self._min_failed
+            and self._failed >= self._ratio * len(self._latest)
+        )
+
+    @property
+    def failed(self) -> int:
+        return self._failed
 
     def clear(self) -> None:
-        self._last.clear()
+        self._latest.clear()
+        self._failed = 0
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self._latest)

@@ -12,6 +12,9 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
     ├── CallerGone                       the caller went away mid-request: nothing to answer
     └── GatewayError                     answered to the caller as problem+json
         ├── BadRequest                   400 bad_request: not a request we will forward
+        ├── RequestTimeout               408 request_timeout: the caller was too slow sending
+        ├── IdempotencyKeyInUse          409 idempotency_key_in_use: the key's first request runs
+        ├── IdempotencyKeyMismatch       422 idempotency_key_mismatch: the key named another request
         ├── TokenUnavailable             503 token_unavailable: no usable bearer token
         ├── CircuitOpen                  503 circuit_open: the practice's breaker is open
         ├── UpstreamCircuitOpen          503 upstream_circuit_open: the partner-wide breaker is open
@@ -85,6 +88,26 @@ class BadRequest(GatewayError):
     status = 400
     reason = "bad_request"
     title = "Request refused by the gateway"
+
+
+class RequestTimeout(GatewayError):
+    """The caller stopped sending its request body: its own slowness, never the practice's."""
+
+    status = 408
+    reason = "request_timeout"
+    title = "The request was not received in time"
+
+
+class IdempotencyKeyInUse(GatewayError):
+    status = 409
+    reason = "idempotency_key_in_use"
+    title = "A request with this Idempotency-Key is in progress"
+
+
+class IdempotencyKeyMismatch(GatewayError):
+    status = 422
+    reason = "idempotency_key_mismatch"
+    title = "This Idempotency-Key was used for a different request"
 
 
 class TokenUnavailable(GatewayError):

@@ -24,6 +24,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -32,10 +33,21 @@ from aiohttp import StreamReader, web
 from gateway.errors import (
     BadRequest,
     CallerGone,
+    CircuitOpen,
     DeadlineExceeded,
     GatewayError,
-    RetryBudgetExhausted,
+    RequestTimeout,
+    UpstreamCircuitOpen,
     UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from gateway.idempotency import (
+    KEYED_METHODS,
+    Claim,
+    IdempotencyStore,
+    StoredAnswer,
+    fingerprint,
+    valid_key,
 )
 from gateway.metrics import Metrics
 from gateway.resilience import Resilience, Ticket
@@ -43,7 +55,7 @@ from gateway.retry import decide, parse_retry_after, retry_reason
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
 from gateway.status import RecentRates
 from gateway.tokens import TokenSource
-from gateway.upstream import Upstream, request_headers, response_headers
+from gateway.upstream import Upstream, forwarded_value, request_headers, response_headers
 
 access_log = logging.getLogger("exact_gateway.access")
 log = logging.getLogger("exact_gateway.proxy")
@@ -74,6 +86,23 @@ def request_id_for(supplied: str | None) -> str:
     return uuid.uuid4().hex
 
 
+# Statuses of EXACT that prove the request never reached the practice: the relay refused it
+# (401) or could not reach the practice's server (503).
+NOT_DELIVERED_STATUSES = frozenset({401, 503})
+# A failed answer kept across a retry's wait, in case the retry is refused (bounded).
+RETAINED_ANSWER_BYTES = 65536
+
+
+def stored_response(answer: StoredAnswer, request_id: str) -> web.Response:
+    """An answer kept from earlier (an idempotent replay, or a retry that was refused)."""
+    response = web.Response(status=answer.status, reason=answer.reason, body=answer.body or b"")
+    for name, value in answer.headers:
+        if name.lower() not in {"content-length", "x-request-id"}:
+            response.headers.add(name, value)
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
 def problem_response(error: GatewayError, request_id: str) -> web.Response:
     headers = {
         "X-Gateway-Error": error.reason,
@@ -90,6 +119,67 @@ def problem_response(error: GatewayError, request_id: str) -> web.Response:
     )
 
 
+class _CallerBody:
+    """The caller's streamed body, read chunk by chunk as it goes upstream.
+
+    It knows whether the attempt is waiting on the caller (``waiting_for_caller``: the
+    caller's slowness, never the practice's) or on EXACT (back-pressure), and whether the
+    caller's side broke off (``broken``).
+    """
+
+    __slots__ = ("_reader", "broken", "waiting_for_caller")
+
+    def __init__(self, reader: StreamReader) -> None:
+        self._reader = reader
+        self.waiting_for_caller = False
+        self.broken = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            self.waiting_for_caller = True
+            try:
+                chunk = await self._reader.readany()
+            except Exception:
+                self.broken = True
+                raise
+            finally:
+                self.waiting_for_caller = False
+            if not chunk:
+                return
+            yield chunk
+
+
+async def _retain(upstream: aiohttp.ClientResponse) -> StoredAnswer | None:
+    """Keep a small failed answer across a retry's wait (then its connection is free)."""
+    try:
+        length = upstream.content_length
+        if length is not None and length > RETAINED_ANSWER_BYTES:
+            return None
+        body = await upstream.content.read(RETAINED_ANSWER_BYTES + 1)
+        if len(body) > RETAINED_ANSWER_BYTES or not upstream.content.at_eof():
+            return None
+        return StoredAnswer(
+            upstream.status, upstream.reason or "", tuple(upstream.headers.items()), body
+        )
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    finally:
+        upstream.close()
+
+
+def _problem_answer(error: GatewayError, exchange: Exchange) -> StoredAnswer:
+    if error.practice_id is None:
+        error.practice_id = exchange.practice_id
+    response = problem_response(error, exchange.request_id)
+    assert isinstance(response.body, bytes)  # noqa: S101 - built from bytes just above
+    return StoredAnswer(
+        response.status, response.reason, tuple(response.headers.items()), response.body
+    )
+
+
 @dataclass(slots=True)
 class Exchange:
     """What one caller request has been through so far: the access log line's fields."""
@@ -103,7 +193,11 @@ class Exchange:
     attempts: int = 0
     error: str | None = None
     replayable: bool = True  # the body (if any) is buffered and can be sent again
-    keyed: bool = False  # the caller sent an Idempotency-Key
+    keyed: bool = False  # an Idempotency-Key goes upstream (decided from the headers sent)
+    # Some attempt may have reached the practice (so a keyed POST must not be sent again).
+    maybe_delivered: bool = False
+    answer: StoredAnswer | None = None  # what the caller got, kept for an Idempotency-Key
+    collect: bool = False  # keep the streamed body (up to a bound) for that record
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +223,9 @@ class Proxy:
         deadline: float = 60.0,
         replay_buffer_bytes: int = 1024 * 1024,
         rates: RecentRates | None = None,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
+        self._idempotency = idempotency
         self._rates = rates if rates is not None else RecentRates()
         self._upstream = upstream
         self._tokens = tokens
@@ -154,7 +250,18 @@ class Proxy:
             exchange.deadline = self._clock() + deadline_for(
                 request.headers.get("X-Gateway-Timeout"), self._deadline
             )
-            response = await self._within_limits(request, target, exchange)
+            body, exchange.replayable = await self._body(request)
+            claim = self._claim(request, target, exchange, body)
+            if isinstance(claim, StoredAnswer):
+                exchange.status = claim.status
+                replay = stored_response(claim, exchange.request_id)
+                replay.headers["Idempotent-Replayed"] = "true"
+                return replay
+            try:
+                response = await self._within_limits(request, target, exchange, body)
+            finally:
+                if claim is not None:
+                    self._settle(claim, exchange)
             if exchange.status != CLIENT_CLOSED_REQUEST:
                 exchange.status = response.status
             return response
@@ -186,26 +293,97 @@ class Proxy:
             self._metrics.inflight.dec()
             self._observe(exchange, time.perf_counter() - started)
 
+    def _claim(
+        self,
+        request: web.BaseRequest,
+        target: Target,
+        exchange: Exchange,
+        body: bytes | StreamReader | None,
+    ) -> Claim | StoredAnswer | None:
+        """Take the request's Idempotency-Key, or the answer to replay for it.
+
+        Keyed-ness is read from the headers that will actually be sent: a key that the
+        caller's own ``Connection`` header strips is no key.
+        """
+        key = forwarded_value(request.headers, "Idempotency-Key")
+        exchange.keyed = key is not None
+        if key is None or self._idempotency is None or request.method not in KEYED_METHODS:
+            return None
+        buffered = body if isinstance(body, bytes) else None
+        print_ = fingerprint(request.method, target.path, buffered, request.content_length)
+        claim = self._idempotency.begin(valid_key(key), print_)
+        exchange.collect = isinstance(claim, Claim)
+        return claim
+
+    def _settle(self, claim: Claim | StoredAnswer, exchange: Exchange) -> None:
+        """Remember the answer of a keyed request that may have reached the practice;
+        free the key of one that provably did not."""
+        assert self._idempotency is not None  # noqa: S101 - only claimed when there is one
+        if not isinstance(claim, Claim):
+            return
+        if not exchange.maybe_delivered:
+            self._idempotency.release(claim)
+            return
+        answer = exchange.answer
+        if answer is None:
+            # Cut off (shutdown, cancelled) after sending: the outcome is unknown, and
+            # unknown must never mean "send it again".
+            problem = UpstreamTimeout(
+                "the first request with this Idempotency-Key ended before EXACT answered;"
+                " it may have been carried out, so it is not sent again"
+            )
+            answer = StoredAnswer(
+                problem.status,
+                "Gateway Timeout",
+                (
+                    ("Content-Type", "application/problem+json"),
+                    ("X-Gateway-Error", problem.reason),
+                ),
+                json.dumps(problem.problem(exchange.request_id)).encode(),
+            )
+        self._idempotency.complete(claim, answer)
+
     async def _within_limits(
-        self, request: web.BaseRequest, target: Target, exchange: Exchange
+        self,
+        request: web.BaseRequest,
+        target: Target,
+        exchange: Exchange,
+        body: bytes | StreamReader | None,
     ) -> web.StreamResponse:
         bulkhead = self._resilience.bulkhead
         bulkhead.acquire(target.practice_id)
         try:
-            return await self._forward(request, target, exchange)
+            return await self._forward(request, target, exchange, body)
+        except GatewayError as error:
+            if exchange.collect:
+                exchange.answer = _problem_answer(error, exchange)
+            raise
         finally:
             bulkhead.release(target.practice_id)
 
     async def _forward(
-        self, request: web.BaseRequest, target: Target, exchange: Exchange
+        self,
+        request: web.BaseRequest,
+        target: Target,
+        exchange: Exchange,
+        caller_body: bytes | StreamReader | None,
     ) -> web.StreamResponse:
-        body, exchange.replayable = await self._body(request)
-        exchange.keyed = "Idempotency-Key" in request.headers
+        body = _CallerBody(caller_body) if isinstance(caller_body, StreamReader) else caller_body
         token = await self._tokens.get(wait=exchange.deadline - self._clock())
         self._resilience.budget.record_request(self._clock())
         replayed_401 = False
+        retained: StoredAnswer | None = None  # the last failed answer, across a retry's wait
         while True:
-            attempt = await self._attempt(request, target, exchange, token, body)
+            try:
+                attempt = await self._attempt(request, target, exchange, token, body)
+            except (CircuitOpen, UpstreamCircuitOpen):
+                if exchange.attempts == 0:
+                    raise  # refused without trying: the breaker is the honest reason
+                # A retry refused by a breaker another request opened meanwhile: this caller
+                # gets the outcome of its own last attempt, not the breaker's.
+                if retained is not None:
+                    return stored_response(retained, exchange.request_id)
+                raise
             upstream = attempt.upstream
             if upstream is not None and upstream.status == 401 and not replayed_401:
                 # EXACT refused the token (revoked, or expired in a way we could not see).
@@ -223,8 +401,9 @@ class Proxy:
             wait = self._retry_wait(request, exchange, attempt)
             if wait is None:
                 break
+            retained = None
             if upstream is not None:
-                upstream.close()
+                retained = await _retain(upstream)
             await asyncio.sleep(wait)
         if attempt.error is not None:
             raise attempt.error
@@ -236,20 +415,19 @@ class Proxy:
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to answer with this outcome.
 
-        Raises when the answer is the gateway's own: a breaker this attempt opened, or a
-        failed connection whose retry the budget refuses.
+        Whatever stops a retry, the caller gets its own last outcome (EXACT's answer, or
+        ``upstream_unreachable``/``upstream_timeout``): the reason says what happened to
+        this request, and the metric ``retries_skipped_total`` says why it was not retried.
         """
         upstream, error = attempt.upstream, attempt.error
         resilience = self._resilience
         reason = retry_reason(upstream.status if upstream is not None else None, error)
         if reason is None:
             return None
-        if (opened := resilience.opened_by(attempt.ticket)) is not None:
-            # This attempt opened a breaker: say so now instead of retrying into it.
+        if resilience.opened_by(attempt.ticket) is not None:
+            # This attempt opened a breaker: retrying into it would only be refused.
             self._metrics.retries_skipped.labels("breaker").inc()
-            if upstream is not None:
-                upstream.close()
-            raise opened
+            return None
         why = "body_streamed"
         if exchange.replayable:
             hint = upstream.headers.get("Retry-After") if upstream is not None else None
@@ -270,10 +448,8 @@ class Proxy:
                     return verdict.wait
                 why = "budget"
         self._metrics.retries_skipped.labels(why).inc()
-        if upstream is None and why == "budget":
-            raise RetryBudgetExhausted(
-                "retries are paused: too many of them across all requests", retry_after=1
-            ) from error
+        if error is not None and why == "budget":
+            error.detail += " (not retried: retries across all requests are at their budget)"
         return None
 
     async def _attempt(
@@ -282,7 +458,7 @@ class Proxy:
         target: Target,
         exchange: Exchange,
         token: str,
-        body: bytes | StreamReader | None,
+        body: bytes | _CallerBody | None,
     ) -> Attempt:
         """One call to EXACT, cleared with the breakers first and reported to them after."""
         remaining = exchange.deadline - self._clock()
@@ -298,6 +474,14 @@ class Proxy:
                 request.method, target.path, headers, body, limit=limit
             )
         except UpstreamTimeout as error:
+            if isinstance(body, _CallerBody) and body.waiting_for_caller:
+                # Stuck on the caller's own upload: its slowness, not the practice's.
+                self._resilience.abandon(ticket)
+                raise RequestTimeout(
+                    "the request body stopped arriving before it was complete"
+                ) from None
+            if not error.connecting:
+                exchange.maybe_delivered = True
             if not error.connecting and limit < self._attempt_timeout:
                 # Cut short by the caller's deadline, not by the practice's slowness.
                 self._resilience.abandon(ticket)
@@ -309,17 +493,22 @@ class Proxy:
             self._observe_attempt(target.route, error.reason, sent)
             return Attempt(None, error, ticket)
         except GatewayError as error:
-            if isinstance(body, StreamReader) and body.exception() is not None:
+            if isinstance(body, _CallerBody) and body.broken:
                 # The send failed because the caller's body broke off, not because of EXACT.
                 self._resilience.abandon(ticket)
                 raise CallerGone from error
+            if not isinstance(error, UpstreamUnreachable) or error.sent:
+                exchange.maybe_delivered = True
             self._resilience.observe(ticket, None, error)
             self._observe_attempt(target.route, error.reason, sent)
             return Attempt(None, error, ticket)
         except BaseException:
+            exchange.maybe_delivered = True  # cancelled mid-send: assume it may have arrived
             self._resilience.abandon(ticket)
             raise
-        self._resilience.observe(ticket, upstream.status, None)
+        if upstream.status not in NOT_DELIVERED_STATUSES:
+            exchange.maybe_delivered = True
+        self._resilience.observe(ticket, upstream.status, None, upstream.headers.get("Retry-After"))
         self._observe_attempt(target.route, str(upstream.status), sent)
         return Attempt(upstream, None, ticket)
 
@@ -331,9 +520,15 @@ class Proxy:
             reason=upstream.reason,
             headers=response_headers(upstream.headers, exchange.request_id),
         )
+        kept: bytearray | None = bytearray() if exchange.collect else None
+        limit = self._idempotency.max_response_bytes if self._idempotency is not None else 0
         try:
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
+                if kept is not None:
+                    kept += chunk
+                    if len(kept) > limit:
+                        kept = None  # too large to replay: the record keeps status and headers
                 await response.write(chunk)
             await response.write_eof()
         except ConnectionResetError:
@@ -343,6 +538,7 @@ class Proxy:
             exchange.error = "client_disconnected"
             response.force_close()
             exchange.status = CLIENT_CLOSED_REQUEST
+            kept = None
             return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             # EXACT failed mid-body: the status line is already sent, so the only honest
@@ -351,11 +547,20 @@ class Proxy:
             exchange.error = f"stream_aborted:{type(exc).__name__}"
             if request.transport is not None:
                 request.transport.close()
+            kept = None
             return response
         except BaseException:
             # Cancelled: drop the half-read upstream connection rather than pool it.
             upstream.close()
             raise
+        finally:
+            if exchange.collect:
+                exchange.answer = StoredAnswer(
+                    upstream.status,
+                    upstream.reason or "",
+                    tuple(response_headers(upstream.headers, exchange.request_id).items()),
+                    bytes(kept) if kept is not None else None,
+                )
         upstream.release()
         return response
 

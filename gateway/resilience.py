@@ -14,11 +14,17 @@ cannot connect / TLS / connection lost neutral             failure
 503 / 504 on a partner-wide path       (none)              failure
 =====================================  ==================  ============================
 
-[1] Unless the partner-wide breaker opened because many distinct practices failed together
-(EXACT's relay failing, not the practices): then a 503/504 probe keeps it open.
+[1] Unless the partner-wide breaker opened because most of the distinct practices attempted
+failed together (EXACT's relay failing, not the practices): then a 503/504 probe keeps it open.
 
-When that correlated failure is detected, the practice breakers that opened in the same
-window are reset: one EXACT outage must not look like a thousand practice outages.
+"Most" is relative on purpose (:class:`gateway.breaker.PracticeOutcomes`): a nightly batch
+that touches a few closed surgeries among many healthy practices is not an EXACT outage and
+must never cut off the healthy ones. When a correlated failure is detected, the practice
+breakers that opened in the same window are reset: one EXACT outage must not look like a
+thousand practice outages.
+
+A practice breaker that opens stays open at least as long as EXACT's own ``Retry-After`` on
+the failures that opened it (capped by the maximum open time).
 """
 
 from __future__ import annotations
@@ -38,15 +44,15 @@ from gateway.breaker import (
     Breaker,
     BreakerPolicy,
     BreakerTable,
-    DistinctFailures,
     Observation,
+    PracticeOutcomes,
     State,
 )
 from gateway.budget import RetryBudget
 from gateway.bulkhead import Bulkhead
 from gateway.errors import CircuitOpen, GatewayError, UpstreamCircuitOpen, UpstreamTimeout
 from gateway.metrics import Metrics
-from gateway.retry import RetryPolicy
+from gateway.retry import RetryPolicy, parse_retry_after
 from gateway.settings import Settings
 
 log = logging.getLogger("exact_gateway.breaker")
@@ -74,10 +80,12 @@ class Resilience:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._metrics = metrics
         self.clock = clock
+        self.wall_clock = wall_clock
         # Jitter, not secrecy: an ordinary PRNG, seeded from the OS so replicas differ.
         self.rng = rng if rng is not None else random.Random()  # noqa: S311
         self.retry = RetryPolicy(
@@ -122,8 +130,10 @@ class Resilience:
             self.rng,
             self._transition,
         )
-        self._correlated = DistinctFailures(
-            settings.upstream_breaker_practices, settings.upstream_breaker_window_seconds
+        self._correlated = PracticeOutcomes(
+            settings.upstream_breaker_practices,
+            settings.upstream_breaker_practice_ratio,
+            settings.upstream_breaker_window_seconds,
         )
         self._upstream_window = settings.upstream_breaker_window_seconds
         self._upstream_opened_for = ""
@@ -167,8 +177,17 @@ class Resilience:
 
     # -- outcomes ---------------------------------------------------------------------------
 
-    def observe(self, ticket: Ticket, status: int | None, error: GatewayError | None) -> None:
-        """Feed one attempt's outcome to the breakers it concerns (see the module table)."""
+    def observe(
+        self,
+        ticket: Ticket,
+        status: int | None,
+        error: GatewayError | None,
+        retry_after: str | None = None,
+    ) -> None:
+        """Feed one attempt's outcome to the breakers it concerns (see the module table).
+
+        ``retry_after`` is EXACT's ``Retry-After`` header on the answer, if any.
+        """
         now = self.clock()
         practice = ticket.practice
         waited_on_practice = (
@@ -182,7 +201,10 @@ class Resilience:
             self._observe_upstream(now, _verdict(failed), ticket.upstream_probe)
             return
         practice_failed = waited_on_practice or status in _FAILURE_STATUSES
-        practice.record(now, _verdict(practice_failed), probe=ticket.practice_probe)
+        hint = parse_retry_after(retry_after, self.wall_clock()) if practice_failed else None
+        practice.record(
+            now, _verdict(practice_failed), probe=ticket.practice_probe, retry_after=hint
+        )
         if not practice_failed:
             host = Observation.SUCCESS
         elif self._upstream_opened_for == "correlated":
@@ -190,7 +212,7 @@ class Resilience:
         else:
             host = Observation.NEUTRAL if waited_on_practice else Observation.SUCCESS
         self._observe_upstream(now, host, ticket.upstream_probe)
-        if practice_failed and self._correlated.record(practice.key, now):
+        if self._correlated.record(practice.key, now, practice_failed):
             self._correlated_failure(now)
 
     def _observe_upstream(self, now: float, observation: Observation, probe: bool) -> None:

@@ -6,7 +6,9 @@ What EXACT's answers mean (shared/product.md, "Resilience semantics"):
   with an ``Idempotency-Key`` (a POST to ``.../Contact`` sends a patient an SMS: it must never
   be sent twice).
 * **504**, a time-out, or a connection that failed after the request may have left: retried
-  for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) and keyed POST/PATCH.
+  for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) only. The request may have been
+  carried out, and EXACT documents no support for ``Idempotency-Key``, so a key proves
+  nothing to it: a POST or PATCH is never sent again after these, whatever its headers.
 * A connection that failed **before any byte was sent**: retried whatever the method.
 * **502** and everything else: never retried.
 
@@ -65,7 +67,12 @@ def may_repeat(method: str, has_idempotency_key: bool, reason: str) -> bool:
     """Can this method be sent again after an outcome of this kind without duplicating it?"""
     if reason == "connect_error":
         return True  # nothing left the gateway
-    return method in IDEMPOTENT_METHODS or has_idempotency_key
+    if method in IDEMPOTENT_METHODS:
+        return True
+    # POST/PATCH: only when the request provably did not reach the practice. EXACT's 503
+    # says its relay could not reach the practice's server; the contract still asks the
+    # caller to opt in with a key.
+    return reason == "status_503" and has_idempotency_key
 
 
 def parse_retry_after(value: str | None, now_unix: float) -> float | None:

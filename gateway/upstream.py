@@ -11,6 +11,7 @@ added that the caller did not send.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterable
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -62,6 +63,21 @@ def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
 
 def _is_hop_by_hop(name: str, declared: frozenset[str]) -> bool:
     return name in HOP_BY_HOP or name.startswith("proxy-") or name in declared
+
+
+def forwarded_value(incoming: CIMultiDictProxy[str], name: str) -> str | None:
+    """The value of ``name`` as it will be sent upstream, or None if it will not be.
+
+    A header the caller's own ``Connection`` names is hop-by-hop and stripped, so what the
+    gateway decides from it (e.g. whether a POST is keyed) follows what EXACT will see.
+    """
+    lower = name.lower()
+    if lower in CALLER_MUST_NOT_SET or _is_hop_by_hop(lower, _connection_named(incoming)):
+        return None
+    values = incoming.getall(name, ())
+    if len(values) != 1:
+        return None if not values else ",".join(values)
+    return values[0]
 
 
 def request_headers(
@@ -131,7 +147,7 @@ class Upstream:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | aiohttp.StreamReader | None,
+        body: bytes | AsyncIterable[bytes] | None,
         limit: float | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one attempt and return once EXACT's response headers have arrived.

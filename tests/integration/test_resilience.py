@@ -80,11 +80,15 @@ async def test_offline_practice_retries_then_breaker_opens_then_one_probe(
         assert gaps[0] <= 0.2 + 0.1  # full jitter under base
         assert gaps[1] <= 0.4 + 0.1  # ... and under 2 x base
 
-        # Attempts 4 and 5 make five failures in a row: the third attempt is refused.
+        # Attempts 4 and 5 make five failures in a row and open the breaker: no third
+        # attempt. This caller tried, so it hears its own outcome (EXACT's 503), not the
+        # breaker's; callers after it are refused without trying and hear circuit_open.
         status, headers, body = await get(client, gateway, path)
         assert status == 503
-        assert headers["X-Gateway-Error"] == "circuit_open"
+        assert "X-Gateway-Error" not in headers
         assert len(await attempts_at(sandbox, "UKOFFLINE1")) == 5
+        status, headers, body = await get(client, gateway, path)
+        assert headers["X-Gateway-Error"] == "circuit_open"
         assert body["practice_id"] == "UKOFFLINE1"
         assert 1 <= int(headers["Retry-After"]) <= 1
 
@@ -108,9 +112,11 @@ async def test_offline_practice_retries_then_breaker_opens_then_one_probe(
         await asyncio.sleep(1.05)
         results = await asyncio.gather(*(get(client, gateway, path) for _ in range(20)))
         assert len(await attempts_at(sandbox, "UKOFFLINE1")) == 6  # exactly one probe
-        # The probe failed and re-opened the breaker, so its caller hears circuit_open too.
+        # The probe failed and re-opened the breaker: its caller hears EXACT's 503, the
+        # other 19 were refused without trying.
         reasons = [headers.get("X-Gateway-Error") for _, headers, _ in results]
-        assert reasons.count("circuit_open") == 20
+        assert reasons.count("circuit_open") == 19
+        assert reasons.count(None) == 1
 
 
 async def test_breaker_closes_when_the_practice_comes_back(

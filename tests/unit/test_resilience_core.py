@@ -13,16 +13,18 @@ from gateway.breaker import (
     Breaker,
     BreakerPolicy,
     BreakerTable,
-    DistinctFailures,
     Observation,
+    PracticeOutcomes,
     State,
 )
 from gateway.budget import RetryBudget
 from gateway.bulkhead import Bulkhead
 from gateway.errors import GatewayBusy, PracticeBusy, UpstreamTimeout, UpstreamUnreachable
 from gateway.retry import RetryPolicy, decide, parse_retry_after, retry_reason
+from tests.fakes import FakeClock
 
 FAIL, OK, NEUTRAL = Observation.FAILURE, Observation.SUCCESS, Observation.NEUTRAL
+POLICY_FOR_HINTS = BreakerPolicy(consecutive=5, open_base=30, open_max=300, jitter=0.5)
 
 
 def breaker(**policy: float) -> Breaker:
@@ -197,13 +199,83 @@ def test_forgive_resets_breakers_opened_in_the_window() -> None:
     assert {b.key for b in t.not_closed()} == {"OLD"}
 
 
-def test_distinct_failures_detects_many_practices_at_once() -> None:
-    """Twenty distinct practices failing within ten seconds is one upstream problem."""
-    detector = DistinctFailures(threshold=20, window=10)
-    assert not any(detector.record("SAME", i * 0.1) for i in range(100))
-    assert not any(detector.record(f"P{i}", 50 + i) for i in range(19))  # spread out
+def test_correlated_rule_counts_distinct_practices_failing() -> None:
+    """Twenty distinct practices failing within ten seconds, and nothing else attempted,
+    is one upstream problem; one practice failing many times is not."""
+    detector = PracticeOutcomes(min_failed=20, ratio=0.8, window=10)
+    assert not any(detector.record("SAME", i * 0.1, True) for i in range(100))
+    assert not any(detector.record(f"P{i}", 50 + i, True) for i in range(19))  # spread out
     assert len(detector) < 20
-    assert any(detector.record(f"Q{i}", 100 + i * 0.1) for i in range(20))
+    assert any(detector.record(f"Q{i}", 100 + i * 0.1, True) for i in range(20))
+
+
+def test_correlated_rule_is_relative_to_the_practices_attempted() -> None:
+    """20 offline practices among 100 healthy ones (17%) never look like EXACT failing; the
+    relay failing for all of them does."""
+    detector = PracticeOutcomes(min_failed=20, ratio=0.8, window=10)
+    now = 0.0
+    for round_ in range(5):
+        for i in range(100):
+            now += 0.01
+            assert not detector.record(f"OK{i}", now, False)
+        for i in range(20):
+            now += 0.01
+            assert not detector.record(f"OFF{round_}-{i}", now, True)
+    assert detector.failed >= 20
+    tripped = [detector.record(f"OK{i}", now + 0.01 * i, True) for i in range(100)]
+    assert any(tripped)
+
+
+def test_a_practice_counts_by_its_latest_outcome() -> None:
+    """A practice that failed and then answered is no longer counted as failing."""
+    detector = PracticeOutcomes(min_failed=2, ratio=0.5, window=10)
+    detector.record("A", 0, True)
+    detector.record("A", 1, False)
+    assert detector.failed == 0
+    assert not detector.record("B", 2, True)
+    assert detector.record("C", 3, True)  # B and C of A, B, C: two thirds
+
+
+def test_open_time_is_at_least_exacts_retry_after() -> None:
+    """EXACT said Retry-After: 120 with the failures that opened the breaker: it stays open
+    at least 120 s (the jittered 30 s would probe too early), capped by the maximum."""
+    breaker = Breaker("P", POLICY_FOR_HINTS, random.Random(1))
+    for t in range(4):
+        breaker.record(t, FAIL, retry_after=120.0)
+    breaker.record(4, FAIL)
+    assert breaker.state is State.OPEN
+    assert breaker.open_until - breaker.opened_at >= 120.0
+    capped = Breaker("Q", POLICY_FOR_HINTS, random.Random(1))
+    for t in range(5):
+        capped.record(t, FAIL, retry_after=10_000.0)
+    assert capped.open_until - capped.opened_at == POLICY_FOR_HINTS.open_max
+
+
+def test_a_success_forgets_the_retry_after_hint() -> None:
+    """A hint belongs to the run of failures it came with."""
+    breaker = Breaker("P", POLICY_FOR_HINTS, random.Random(1))
+    breaker.record(0, FAIL, retry_after=200.0)
+    breaker.record(1, OK)
+    for t in range(2, 7):
+        breaker.record(t, FAIL)
+    assert breaker.open_until - breaker.opened_at <= POLICY_FOR_HINTS.open_base
+
+
+def test_eviction_spares_closed_breakers_with_recent_failures() -> None:
+    """A flood of new practice ids evicts idle healthy breakers first: a closed breaker that
+    counted failures of an offline practice keeps them."""
+    clock = FakeClock(0.0)
+    table = BreakerTable(
+        POLICY_FOR_HINTS, max_entries=10, idle=3600, clock=clock, rng=random.Random(1)
+    )
+    failing = table.get("FAILING")
+    for _ in range(4):
+        failing.record(clock.now, FAIL)
+    for i in range(200):
+        clock.now += 0.1
+        table.get(f"NEW{i}")
+    assert table.get("FAILING") is failing
+    assert failing.consecutive_failures == 4
 
 
 # -- budget and bulkhead -----------------------------------------------------------------
@@ -274,6 +346,17 @@ def test_which_outcomes_are_retried() -> None:
     assert not verdict("PATCH", "timeout").retry
     assert verdict("POST", "connect_error").retry
     assert not verdict("POST", "connection_lost").retry
+
+
+@pytest.mark.parametrize("reason", ["status_504", "timeout", "connection_lost"])
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_key_never_makes_a_maybe_delivered_post_repeatable(method: str, reason: str) -> None:
+    """After a 504, a time-out or a connection lost after sending, a POST/PATCH may have been
+    carried out: never sent again, even with an Idempotency-Key (EXACT ignores the key)."""
+    assert not verdict(method, reason, has_idempotency_key=True).retry
+    assert verdict(method, reason, has_idempotency_key=True).why == "not_idempotent"
+    assert verdict(method, "status_503", has_idempotency_key=True).retry
+    assert verdict(method, "connect_error").retry
 
 
 def test_attempts_backoff_and_cap() -> None:
