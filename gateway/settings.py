@@ -153,6 +153,8 @@ class Settings(BaseSettings):
     # Concurrency limits (bulkheads).
     practice_concurrency: int = Field(default=10, ge=1)
     global_concurrency: int = Field(default=10000, ge=1)
+    # Operator pauses (README "Practices"): a JSON file watched for changes; unset, none.
+    practice_pauses_file: Path | None = None
 
     # Lifecycle (see README "Shutdown"): drain stays below Kubernetes' default 30 s grace.
     shutdown_grace_seconds: float = Field(default=2.0, ge=0)
@@ -196,6 +198,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return _base_url(value.strip())
         return value
+
+    @field_validator("practice_pauses_file", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        # An empty variable (a Helm value left blank) means "no file", not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("client_id", mode="before")
     @classmethod
