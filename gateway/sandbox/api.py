@@ -11,8 +11,11 @@ error as `string`):
    `api-supported-versions: 1.0`;
 3. the endpoint's scope → 403;
 4. the practice exists and is subscribed → 403 (assumption: the API does not reveal which);
-5. the relay to the practice, according to its behaviour (see `practices`): this is an
-   *attempt*, counted and logged whatever the outcome;
+   a request for a known practice refused by steps 1-4 is logged with `relayed: false`
+   (and counted as `refused`), so a test can prove it never reached the practice;
+5. the relay to the practice, according to its behaviour (see `practices`), then its EXACT
+   version against the route's minimum (`gateway.exact_api`): this is an *attempt*,
+   counted and logged with `relayed: true` whatever the outcome;
 6. the endpoint: 400 for malformed ids, dates or bodies, 404 for unknown records, 409 for
    conflicting updates.
 
@@ -21,10 +24,13 @@ matching endpoint; a known path with another method is 405 with `Allow`. Further
 assumptions where exact-api.md is silent:
 
 * practices on an EXACT older than 13.842 answer every call with 400; PATCH needs 13.856
-  and answers 400 below it, saying so;
+  and answers 400 below it, saying so; the relay learns the version from the practice's
+  server, so an offline old practice is 503 and a version refusal is an attempt;
 * PATCH and POST Contact bodies must be `application/json` (415 otherwise, as ASP.NET does);
 * the appointment list needs `from` and `to`, keeps appointments with from <= start < to,
-  accepts `status` repeated (any of them), and is the only list cut into pages; the
+  accepts `status` repeated (any of them), takes an empty `status` or id filter as no
+  filter (ASP.NET binds an empty value to null for a nullable parameter, and the only
+  public client always sends `status=`), and is the only list cut into pages; the
   patient, payor and practitioner lists come whole;
 * ContactDetails needs `patient.get`; `emailAddresses` and `phoneNumbers` are each left out
   unless the token holds the matching `patient.get.contactdetails.*` scope.

@@ -4,8 +4,10 @@ log of what reached it.
 In the real service every practice call is relayed by HSO's cloud to the practice's own
 EXACT server, so availability and latency are per practice. Each `Practice` here stands for
 that server: its `behaviour` decides what the relay answers, and `attempts` plus the bounded
-request log show exactly which requests got as far as the relay, which is what resilience
-tests need to assert on (retries, breakers, bulkheads).
+request log show exactly which requests reached it (and which the relay refused before it:
+`refused`, logged with `relayed: false`), which is what resilience tests need to assert on
+(retries, breakers, bulkheads, requests the gateway answers itself). Its `pms_version` is
+judged against the minimum versions of `gateway.exact_api`.
 
 Behaviours (what the relay answers):
 
