@@ -5,9 +5,9 @@ proxy: only origin-form targets (``/path?query``) are forwarded, always to the c
 host, and a target that could climb out of its path (dot-segments, plain or percent-encoded,
 or backslashes that IIS-style servers treat as slashes) is refused before anything is sent.
 
-The route *template* is the metric and log label: it comes from a fixed table of EXACT routes
-(``shared/exact-api.md`` section 2), never from the caller's path, so labels stay bounded and
-carry no patient or appointment id.
+The route *template* is the metric and log label: it comes from the table of EXACT routes in
+:mod:`gateway.exact_api`, never from the caller's path, so labels stay bounded and carry no
+patient or appointment id.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 
 from gateway.errors import BadRequest
+from gateway.exact_api import PRACTICE_ID, route_template
 
-PRACTICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 OTHER_ROUTE = "other"
 # Methods a caller may send that we label by name; anything else is counted as "other" so a
 # caller cannot mint metric series by inventing methods.
@@ -26,28 +26,6 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DE
 _PRACTICES_PREFIX = re.compile(r"/v1/practices/", re.IGNORECASE)
 _DOT_SEGMENT = re.compile(r"^(?:\.|%2e){1,2}$", re.IGNORECASE)
 _SEGMENT_SPLIT = re.compile(r"/|\\|%2f|%5c", re.IGNORECASE)
-
-# (template, pattern over the path after the practice id). ASP.NET routes match
-# case-insensitively and tolerate a trailing slash, so these do too.
-_PRACTICE_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (f"/v1/Practices/{{practiceId}}{suffix}", re.compile(pattern + r"/?", re.IGNORECASE))
-    for suffix, pattern in (
-        ("/details", r"/details"),
-        ("/Appointments", r"/appointments"),
-        ("/Appointments/{id}", r"/appointments/[^/]+"),
-        ("/Patients", r"/patients"),
-        ("/Patients/{id}", r"/patients/[^/]+"),
-        ("/Patients/{id}/ContactDetails", r"/patients/[^/]+/contactdetails"),
-        ("/Patients/{id}/Contact", r"/patients/[^/]+/contact"),
-        ("/Payors", r"/payors"),
-        ("/Payors/{id}", r"/payors/[^/]+"),
-        ("/Practitioners", r"/practitioners"),
-        ("/Practitioners/{id}", r"/practitioners/[^/]+"),
-    )
-)
-_PARTNER_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("/v1/Subscriptions/active", re.compile(r"/v1/subscriptions/active/?", re.IGNORECASE)),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,26 +55,12 @@ def parse_target(method: str, raw_target: str) -> Target:
 
     match = _PRACTICES_PREFIX.match(path)
     if match is None:
-        return Target(raw_target, None, _partner_route(path))
+        return Target(raw_target, None, route_template(path) or OTHER_ROUTE)
     rest = path[match.end() :]
-    practice_id, slash, tail = rest.partition("/")
+    practice_id = rest.partition("/")[0]
     if not PRACTICE_ID.fullmatch(practice_id):
         raise BadRequest(
             "the practice id must be 1-64 letters, digits, '-' or '_', starting with a"
             " letter or digit"
         )
-    return Target(raw_target, practice_id, _practice_route(slash + tail))
-
-
-def _practice_route(tail: str) -> str:
-    for template, pattern in _PRACTICE_ROUTES:
-        if pattern.fullmatch(tail):
-            return template
-    return OTHER_ROUTE
-
-
-def _partner_route(path: str) -> str:
-    for template, pattern in _PARTNER_ROUTES:
-        if pattern.fullmatch(path):
-            return template
-    return OTHER_ROUTE
+    return Target(raw_target, practice_id, route_template(path) or OTHER_ROUTE)

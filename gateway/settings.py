@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     # Concurrency limits (bulkheads).
     practice_concurrency: int = Field(default=10, ge=1)
     global_concurrency: int = Field(default=10000, ge=1)
+    # Operator pauses (README "Practices"): a JSON file watched for changes; unset, none.
+    practice_pauses_file: Path | None = None
 
     # Idempotency-Key records of POST/PATCH (README "Idempotency"), in memory only.
     idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
@@ -207,6 +209,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return _base_url(value.strip())
         return value
+
+    @field_validator("practice_pauses_file", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        # An empty variable (a Helm value left blank) means "no file", not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("client_id", mode="before")
     @classmethod

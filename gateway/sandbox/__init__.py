@@ -18,7 +18,7 @@ Modules, one concept each:
     appointments  PATCH rules and status transitions
     messages      POST Contact validation
     routing       case-insensitive route matching
-    endpoints     one handler per API operation, and the route table
+    endpoints     one handler per API operation (the routes: gateway.exact_api)
     api           the relay's checks in order, and the relay to the practice
     control       the /_sandbox endpoints
     state         SandboxState and its app key

@@ -11,8 +11,11 @@ error as `string`):
    `api-supported-versions: 1.0`;
 3. the endpoint's scope → 403;
 4. the practice exists and is subscribed → 403 (assumption: the API does not reveal which);
-5. the relay to the practice, according to its behaviour (see `practices`): this is an
-   *attempt*, counted and logged whatever the outcome;
+   a request for a known practice refused by steps 1-4 is logged with `relayed: false`
+   (and counted as `refused`), so a test can prove it never reached the practice;
+5. the relay to the practice, according to its behaviour (see `practices`), then its EXACT
+   version against the route's minimum (`gateway.exact_api`): this is an *attempt*,
+   counted and logged with `relayed: true` whatever the outcome;
 6. the endpoint: 400 for malformed ids, dates or bodies, 404 for unknown records, 409 for
    conflicting updates.
 
@@ -21,10 +24,13 @@ matching endpoint; a known path with another method is 405 with `Allow`. Further
 assumptions where exact-api.md is silent:
 
 * practices on an EXACT older than 13.842 answer every call with 400; PATCH needs 13.856
-  and answers 400 below it, saying so;
+  and answers 400 below it, saying so; the relay learns the version from the practice's
+  server, so an offline old practice is 503 and a version refusal is an attempt;
 * PATCH and POST Contact bodies must be `application/json` (415 otherwise, as ASP.NET does);
 * the appointment list needs `from` and `to`, keeps appointments with from <= start < to,
-  accepts `status` repeated (any of them), and is the only list cut into pages; the
+  accepts `status` repeated (any of them), takes an empty `status` or id filter as no
+  filter (ASP.NET binds an empty value to null for a nullable parameter, and the only
+  public client always sends `status=`), and is the only list cut into pages; the
   patient, payor and practitioner lists come whole;
 * ContactDetails needs `patient.get`; `emailAddresses` and `phoneNumbers` are each left out
   unless the token holds the matching `patient.get.contactdetails.*` scope.
@@ -34,26 +40,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 from aiohttp import web
 
+from gateway.exact_api import API_MINIMUM_VERSION, SUBSCRIPTIONS, Route
 from gateway.sandbox.endpoints import (
     API_ROUTES,
     ENDPOINT_HANDLERS,
-    SUBSCRIPTIONS,
     ApiError,
     Call,
     Handler,
     json_answer,
 )
-from gateway.sandbox.practices import MIN_PMS_VERSION, Practice
-from gateway.sandbox.routing import Route, Router, WrongMethod
+from gateway.sandbox.practices import Practice
+from gateway.sandbox.routing import Router, WrongMethod
 from gateway.sandbox.state import SANDBOX_STATE, SandboxState
 from gateway.sandbox.tokens import AccessToken, TokenError
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_API_VERSIONS = ("1.0", "1")
+# How a version refusal names the operation (only PATCH has a minimum above the baseline).
+_DOING = {"UpdateAppointment": "Updating appointments"}
 _ROUTER = Router(API_ROUTES)
 
 
@@ -101,15 +110,52 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
         return ApiError(405, "Method Not Allowed", {"Allow": ", ".join(found.allowed)}).response()
     state = request.app[SANDBOX_STATE]
     api_version = request.headers.get("x-api-version")
+    route = found.route
     try:
-        token = _admit(request, state, found.route, api_version)
-        if found.route is SUBSCRIPTIONS:
+        token = _admit(request, state, route, api_version)
+        if route is SUBSCRIPTIONS:
             return json_answer([p.practice_id for p in state.practices.values() if p.subscribed])
         practice = _accessible_practice(state, found.params["practiceId"])
     except ApiError as error:
+        if route.for_practice:
+            # Refused by the relay before the practice: logged so a test can see it never
+            # arrived. Unknown ids are not logged anywhere (nothing to grow without bound).
+            known = state.practices.get(found.params["practiceId"].upper())
+            if known is not None:
+                _log(known, request, state, error.status, api_version, relayed=False)
         return error.response()
-    call = Call(request, state, token, practice, found.params)
-    return await _relay(call, ENDPOINT_HANDLERS[found.route.name], api_version)
+    call = Call(request, state, token, practice, found.params, route)
+    return await _relay(call, ENDPOINT_HANDLERS[route.name], api_version)
+
+
+def _log(
+    practice: Practice,
+    request: web.Request,
+    state: SandboxState,
+    status: int | None,
+    api_version: str | None,
+    *,
+    relayed: bool,
+    at: float | None = None,
+) -> None:
+    """One entry of the practice's request log; `relayed` says whether it reached it."""
+    wall = datetime.fromtimestamp(state.config.clock(), UTC)
+    if relayed:
+        practice.attempts += 1
+    else:
+        practice.refused += 1
+    practice.log.append(
+        {
+            "method": request.method,
+            "path": request.rel_url.raw_path,
+            "query": request.rel_url.raw_query_string,
+            "at": state.config.monotonic() if at is None else at,
+            "time": wall.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "status": status,
+            "relayed": relayed,
+            "api_version": api_version,
+        }
+    )
 
 
 def _admit(
@@ -124,8 +170,6 @@ def _admit(
 
 
 async def _relay(call: Call, handler: Handler, api_version: str | None) -> web.Response:
-    practice = call.practice
-    practice.attempts += 1
     at = call.state.config.monotonic()
     status: int | None = None  # stays None if the caller goes away mid-request
     try:
@@ -133,16 +177,7 @@ async def _relay(call: Call, handler: Handler, api_version: str | None) -> web.R
         status = response.status
         return response
     finally:
-        practice.log.append(
-            {
-                "method": call.request.method,
-                "path": call.request.rel_url.raw_path,
-                "query": call.request.rel_url.raw_query_string,
-                "at": at,
-                "status": status,
-                "api_version": api_version,
-            }
-        )
+        _log(call.practice, call.request, call.state, status, api_version, relayed=True, at=at)
 
 
 async def _at_practice(call: Call, handler: Handler) -> web.Response:
@@ -179,9 +214,19 @@ async def _reach_practice(call: Call) -> None:
         raise ApiError(
             504, f"The server of practice '{practice.practice_id}' did not answer in time"
         )
-    if practice.version < MIN_PMS_VERSION:
+    version = practice.version
+    if version is None:  # never: the control endpoint only accepts dotted versions
+        return
+    if version < API_MINIMUM_VERSION:
         raise ApiError(
             400,
-            f"The EXACT API requires EXACT 13.842 or later; the practice "
+            f"The EXACT API requires EXACT {API_MINIMUM_VERSION} or later; the practice "
             f"runs {practice.pms_version}",
+        )
+    minimum = call.route.minimum_version
+    if minimum is not None and version < minimum:
+        raise ApiError(
+            400,
+            f"{_DOING.get(call.route.name, call.route.name)} requires EXACT {minimum} or "
+            f"later; the practice runs {practice.pms_version}",
         )

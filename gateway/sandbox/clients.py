@@ -10,23 +10,10 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-# Every scope named in exact-api.md §1.5, in the order listed there.
-ALL_SCOPES: tuple[str, ...] = (
-    "appointment.get",
-    "appointment.update",
-    "appointment.list",
-    "practice.get",
-    "productsubscription.get",
-    "patient.list",
-    "patient.get",
-    "patient.get.contactdetails.phone",
-    "patient.get.contactdetails.email",
-    "patient.contact",
-    "payor.list",
-    "payor.get",
-    "practitioner.list",
-    "practitioner.get",
-)
+from gateway.exact_api import SCOPES
+
+# Every scope the EXACT facts name; the demo client may request them all.
+ALL_SCOPES: tuple[str, ...] = SCOPES
 
 DEMO_CLIENT_ID = "sandbox-partner"
 DEMO_CLIENT_SECRET = "sandbox-secret-not-for-production"  # noqa: S105 - published demo secret

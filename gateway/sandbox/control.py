@@ -6,7 +6,7 @@ change it. Never expose a sandbox beyond the machine or test network it serves.
     GET  /_sandbox/practices                  every practice and its attempt count
     GET  /_sandbox/practices/{id}             one practice
     PUT  /_sandbox/practices/{id}             change (or create) a practice
-    GET  /_sandbox/practices/{id}/requests    attempts and the bounded request log
+    GET  /_sandbox/practices/{id}/requests    attempts, refusals and the bounded request log
     GET  /_sandbox/messages                   messages accepted by POST …/Contact
     GET  /_sandbox/identity                   identity mode, lifetime, token request counts
     PUT  /_sandbox/identity                   change mode, latency_s, token_lifetime_s, …
@@ -77,9 +77,12 @@ async def put_practice(request: web.Request) -> web.Response:
 
 
 async def practice_requests(request: web.Request) -> web.Response:
-    """What reached the practice: the attempt count and the most recent requests."""
+    """What reached the practice (`attempts`), what the relay refused before it (`refused`),
+    and the most recent requests of both kinds, each marked `relayed` or not."""
     practice = _practice(request)
-    return web.json_response({"attempts": practice.attempts, "requests": list(practice.log)})
+    return web.json_response(
+        {"attempts": practice.attempts, "refused": practice.refused, "requests": list(practice.log)}
+    )
 
 
 async def list_messages(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
-"""The endpoints of the simulated EXACT API: one handler per operation of exact-api.md §2,
-and the route table that ties each to its path template and scope.
+"""The endpoints of the simulated EXACT API: one handler per operation of the EXACT facts
+table (`gateway.exact_api`, which holds each operation's path template, scope and minimum
+EXACT version).
 
 Handlers run only after the relay's checks (see `api`) and answer as the practice's server
 would: JSON records, or an `ApiError` carrying the status and plain-text message.
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.exact_api import ROUTES, Route
 from gateway.sandbox.appointments import UpdateRejected, apply_update, parse_status
 from gateway.sandbox.dataset import (
     UK_SUMMER,
@@ -28,8 +30,7 @@ from gateway.sandbox.dataset import (
 from gateway.sandbox.dates import DateError, format_datetime, parse_offset_datetime
 from gateway.sandbox.messages import ContactRejected, validate_contact
 from gateway.sandbox.paging import ContinuationError, take_page
-from gateway.sandbox.practices import PATCH_MIN_PMS_VERSION, Practice
-from gateway.sandbox.routing import Route
+from gateway.sandbox.practices import Practice
 from gateway.sandbox.state import SandboxState
 from gateway.sandbox.tokens import AccessToken
 
@@ -68,6 +69,7 @@ class Call:
     token: AccessToken
     practice: Practice
     params: dict[str, str]
+    route: Route
 
     @property
     def records(self) -> PracticeRecords:
@@ -133,12 +135,6 @@ async def get_appointment(call: Call) -> web.Response:
 
 async def update_appointment(call: Call) -> web.Response:
     """PATCH an appointment; answers the updated record."""
-    if call.practice.version < PATCH_MIN_PMS_VERSION:
-        raise ApiError(
-            400,
-            f"Updating appointments requires EXACT 13.856 or later; "
-            f"the practice runs {call.practice.pms_version}",
-        )
     appointment: Appointment = _lookup(call.records.appointments, call, "Appointment")
     body = await _json_body(call.request)
     now = datetime.fromtimestamp(call.state.config.clock(), UK_SUMMER)
@@ -158,8 +154,10 @@ async def list_appointments(call: Call) -> web.Response:
     end = _required_date(query.get("to"), "to")
     if end < start:
         raise ApiError(400, "'to' must not be before 'from'")
+    # ASP.NET binds an empty value to null for a nullable parameter, so `status=` (which the
+    # only public client always sends) and an empty id mean "no filter", not 400.
     try:
-        statuses = frozenset(parse_status(s) for s in query.getall("status", []))
+        statuses = frozenset(parse_status(s) for s in query.getall("status", []) if s)
     except UpdateRejected as exc:
         raise ApiError(400, exc.message) from exc
     practitioner = _optional_uuid(query.get("practitionerId"), "practitionerId")
@@ -222,7 +220,7 @@ def _required_date(value: str | None, name: str) -> float:
 
 
 def _optional_uuid(value: str | None, name: str) -> str | None:
-    return None if value is None else _uuid(value, name)
+    return _uuid(value, name) if value else None
 
 
 async def list_patients(call: Call) -> web.Response:
@@ -287,44 +285,22 @@ async def get_practitioner(call: Call) -> web.Response:
     return json_answer(_lookup(data.practitioners_by_id, call, "Practitioner"))
 
 
-_P = "/v1/Practices/{practiceId}"
-# The one practice-less operation: the cloud answers it itself, no relay involved.
-SUBSCRIPTIONS = Route(
-    "ListActiveSubscriptions", "GET", "/v1/Subscriptions/active", "productsubscription.get"
-)
-_ENDPOINTS: tuple[tuple[Route, Handler], ...] = (
-    (Route("GetPracticeDetails", "GET", f"{_P}/details", "practice.get"), practice_details),
-    (
-        Route("GetAppointment", "GET", f"{_P}/Appointments/{{id}}", "appointment.get"),
-        get_appointment,
-    ),
-    (
-        Route("UpdateAppointment", "PATCH", f"{_P}/Appointments/{{id}}", "appointment.update"),
-        update_appointment,
-    ),
-    (Route("GetAppointments", "GET", f"{_P}/Appointments", "appointment.list"), list_appointments),
-    (Route("ListPatients", "GET", f"{_P}/Patients", "patient.list"), list_patients),
-    (Route("GetPatient", "GET", f"{_P}/Patients/{{id}}", "patient.get"), get_patient),
-    (
-        Route(
-            "GetPatientContactDetails", "GET", f"{_P}/Patients/{{id}}/ContactDetails", "patient.get"
-        ),
-        patient_contact_details,
-    ),
-    (
-        Route("ContactPatient", "POST", f"{_P}/Patients/{{id}}/Contact", "patient.contact"),
-        contact_patient,
-    ),
-    (Route("ListPayors", "GET", f"{_P}/Payors", "payor.list"), list_payors),
-    (Route("GetPayor", "GET", f"{_P}/Payors/{{id}}", "payor.get"), get_payor),
-    (
-        Route("ListPractitioners", "GET", f"{_P}/Practitioners", "practitioner.list"),
-        list_practitioners,
-    ),
-    (
-        Route("GetPractitioner", "GET", f"{_P}/Practitioners/{{id}}", "practitioner.get"),
-        get_practitioner,
-    ),
-)
-API_ROUTES: tuple[Route, ...] = (SUBSCRIPTIONS, *(route for route, _ in _ENDPOINTS))
-ENDPOINT_HANDLERS: dict[str, Handler] = {route.name: handler for route, handler in _ENDPOINTS}
+# One handler per operation of the EXACT facts table; the practice-less subscriptions list
+# is answered by the relay itself (see `api`).
+ENDPOINT_HANDLERS: dict[str, Handler] = {
+    "GetPracticeDetails": practice_details,
+    "GetAppointment": get_appointment,
+    "UpdateAppointment": update_appointment,
+    "GetAppointments": list_appointments,
+    "ListPatients": list_patients,
+    "GetPatient": get_patient,
+    "GetPatientContactDetails": patient_contact_details,
+    "ContactPatient": contact_patient,
+    "ListPayors": list_payors,
+    "GetPayor": get_payor,
+    "ListPractitioners": list_practitioners,
+    "GetPractitioner": get_practitioner,
+}
+API_ROUTES: tuple[Route, ...] = ROUTES
+if {r.name for r in ROUTES if r.for_practice} != set(ENDPOINT_HANDLERS):  # pragma: no cover
+    raise RuntimeError("every practice route of gateway.exact_api needs a sandbox handler")

@@ -4,8 +4,10 @@ log of what reached it.
 In the real service every practice call is relayed by HSO's cloud to the practice's own
 EXACT server, so availability and latency are per practice. Each `Practice` here stands for
 that server: its `behaviour` decides what the relay answers, and `attempts` plus the bounded
-request log show exactly which requests got as far as the relay, which is what resilience
-tests need to assert on (retries, breakers, bulkheads).
+request log show exactly which requests reached it (and which the relay refused before it:
+`refused`, logged with `relayed: false`), which is what resilience tests need to assert on
+(retries, breakers, bulkheads, requests the gateway answers itself). Its `pms_version` is
+judged against the minimum versions of `gateway.exact_api`.
 
 Behaviours (what the relay answers):
 
@@ -23,27 +25,19 @@ compares case-insensitively by default); the spelling used at creation is the on
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.exact_api import PRACTICE_ID, PRACTICE_ID_PATTERN, Version, parse_version
 from gateway.sandbox.config import SandboxConfig
 
 BEHAVIOURS: tuple[str, ...] = ("healthy", "offline", "erroring", "slow", "flaky", "timeout")
-PRACTICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DEFAULT_PMS_VERSION = "13.860"
-OLD_PMS_VERSION = "13.845"
-MIN_PMS_VERSION = (13, 842)  # the whole API, exact-api.md §2
-PATCH_MIN_PMS_VERSION = (13, 856)  # PATCH appointment, exact-api.md §2
+OLD_PMS_VERSION = "13.850"  # serves the API, but not PATCH of an appointment (13.856)
+LEGACY_PMS_VERSION = "13.840"  # below 13.842: serves no part of the API
 REQUEST_LOG_LIMIT = 1000
-_VERSION = re.compile(r"\d{1,4}(?:\.\d{1,6}){1,3}")
 _DELAYED = ("slow", "timeout")
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """`"13.856.2"` → `(13, 856, 2)`, so versions compare numerically."""
-    return tuple(int(part) for part in version.split("."))
 
 
 @dataclass(slots=True)
@@ -56,13 +50,14 @@ class Practice:
     failure_rate: float = 0.3
     subscribed: bool = True
     pms_version: str = DEFAULT_PMS_VERSION
-    attempts: int = 0
+    attempts: int = 0  # requests relayed to the practice's server
+    refused: int = 0  # requests for it the relay refused first (401, 400 version, 403)
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_LIMIT))
 
     @property
-    def version(self) -> tuple[int, ...]:
-        """The EXACT version as a comparable tuple."""
-        return version_tuple(self.pms_version)
+    def version(self) -> Version | None:
+        """The EXACT version, comparable; None only if it is not a dotted version."""
+        return parse_version(self.pms_version)
 
     def to_json(self) -> dict[str, Any]:
         """The control endpoint's view of the practice."""
@@ -90,6 +85,7 @@ def default_practices(config: SandboxConfig) -> dict[str, Practice]:
         Practice("UKFLAKY1", behaviour="flaky", failure_rate=rate),
         Practice("UKTIMEOUT1", behaviour="timeout", latency_s=slow, failure_rate=rate),
         Practice("UKOLD1", pms_version=OLD_PMS_VERSION, failure_rate=rate),
+        Practice("UKLEGACY1", pms_version=LEGACY_PMS_VERSION, failure_rate=rate),
         Practice("UKNOSUB1", subscribed=False, failure_rate=rate),
     ]
     return {p.practice_id.upper(): p for p in practices}
@@ -120,9 +116,9 @@ def _subscribed(value: Any) -> bool:
 
 
 def _pms_version(value: Any) -> str:
-    if not isinstance(value, str) or _VERSION.fullmatch(value) is None:
-        raise ValueError("pms_version must be a dotted version such as 13.856")
-    return value
+    if parse_version(value) is None:
+        raise ValueError("pms_version must be a dotted version such as 13.856 or 13.842.1")
+    return str(value).strip()
 
 
 _FIELDS = {
@@ -152,7 +148,7 @@ def upsert_practice(
     Everything is validated before anything changes, so a bad request leaves no trace.
     """
     if PRACTICE_ID.fullmatch(practice_id) is None:
-        raise ValueError("practice id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+        raise ValueError(f"practice id must match {PRACTICE_ID_PATTERN}")
     update = parse_practice_update(body)
     key = practice_id.upper()
     practice = practices.get(key)

@@ -50,7 +50,7 @@ async def get(
 
 async def attempts_at(sandbox: TestServer, practice: str) -> list[dict[str, Any]]:
     log = await control(sandbox, "GET", f"/practices/{practice}/requests")
-    return list(log["requests"])
+    return [entry for entry in log["requests"] if entry["relayed"]]
 
 
 async def breakers(gateway: Gateway) -> dict[str, Any]:

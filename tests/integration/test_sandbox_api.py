@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
+from yarl import URL
 
 from gateway.sandbox import (
     DEMO_CLIENT_ID,
@@ -201,7 +202,7 @@ async def test_subscriptions_list_the_subscribed_practices(api: Api) -> None:
     assert status == 200
     assert set(body) == {
         "UKTEST1", "UKTEST2", "WFEVAL", "UKOFFLINE1", "UKERROR1", "UKSLOW1", "UKFLAKY1",
-        "UKTIMEOUT1", "UKOLD1",
+        "UKTIMEOUT1", "UKOLD1", "UKLEGACY1",
     }  # fmt: skip
 
 
@@ -215,7 +216,7 @@ async def test_practice_details(api: Api) -> None:
     assert body["locations"]
     assert {p["payorType"] for p in body["supportedPayors"]} >= {"Private", "NhsEngland"}
     _, old = await api.get("/v1/Practices/UKOLD1/details")
-    assert old["pmsVersion"] == "13.845"
+    assert old["pmsVersion"] == "13.850"
 
 
 async def test_records_by_id_and_404_and_400(api: Api) -> None:
@@ -295,6 +296,53 @@ async def test_appointment_filters(api: Api) -> None:
         assert filtered
 
 
+async def test_empty_status_means_no_filter_as_the_php_client_sends_it(api: Api) -> None:
+    """The only public client always appends `&status=` (empty without a status); ASP.NET
+    binds an empty value to null for a nullable enum, so it must mean "no status filter"."""
+    everything = await appointments(api)
+    practitioner = everything[0]["providers"][0]["id"]
+    expected = [a for a in everything if practitioner in {p["id"] for p in a["providers"]}]
+    # Byte for byte what the client builds: a trailing slash, DATE_ISO8601 offsets (+0000),
+    # and the empty status last.
+    query = (
+        "from=2024-01-01T00%3A00%3A00%2B0000&to=2025-01-01T00%3A00%3A00%2B0000"
+        f"&practitionerId={practitioner}&status="
+    )
+    found: list[dict[str, Any]] = []
+    target = URL(f"/v1/Practices/UKTEST1/Appointments/?{query}", encoded=True)
+    while True:
+        response = await api.client.get(target, headers=api.headers())
+        assert response.status == 200, await response.text()
+        found += await response.json()
+        token = response.headers.get("continuationToken")
+        if token is None:
+            break
+        target = URL(
+            f"/v1/Practices/UKTEST1/Appointments/?{query}&continuationToken={token}", encoded=True
+        )
+    assert found == expected
+    assert found
+
+
+async def test_empty_filters_are_ignored_but_a_real_status_still_filters(api: Api) -> None:
+    """Empty `status`, `patientId`, `locationId` and `practitionerId` are "no filter"; an
+    empty status next to a real one leaves the real one in force."""
+    everything = await appointments(api)
+    empty = {"status": "", "patientId": "", "locationId": "", "practitionerId": ""}
+    assert await appointments(api, **empty) == everything
+    wanted = everything[3]["status"]
+    mixed = await api.client.get(
+        URL(
+            "/v1/Practices/UKTEST1/Appointments?from=2024-05-01T00:00:00Z"
+            f"&to=2024-05-08T00:00:00Z&status=&status={wanted}",
+            encoded=True,
+        ),
+        headers=api.headers(),
+    )
+    assert mixed.status == 200
+    assert {a["status"] for a in await mixed.json()} == {wanted}
+
+
 async def test_date_window_is_half_open_and_offsets_are_equivalent(api: Api) -> None:
     """from is inclusive, to exclusive; Z, +00:00 and +0000 give the same answer."""
     everything = await appointments(api)
@@ -359,7 +407,7 @@ async def test_patch_moves_the_appointment_in_listings(api: Api) -> None:
 
 
 async def test_patch_needs_exact_13_856(api: Api) -> None:
-    """On a practice running 13.845 a PATCH is 400 saying the version is too old."""
+    """On a practice running 13.850 a PATCH is 400 saying the version is too old."""
     _, listed = await api.get("/v1/Practices/UKOLD1/Appointments", params=WINDOW)
     path = f"/v1/Practices/UKOLD1/Appointments/{listed[0]['id']}"
     response = await api.client.patch(path, json={"status": "Confirmed"}, headers=api.headers())

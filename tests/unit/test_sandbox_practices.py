@@ -18,12 +18,14 @@ def test_named_practices_and_their_behaviours() -> None:
     expected = {
         "UKTEST1": "healthy", "UKTEST2": "healthy", "WFEVAL": "healthy",
         "UKOFFLINE1": "offline", "UKERROR1": "erroring", "UKSLOW1": "slow",
-        "UKFLAKY1": "flaky", "UKTIMEOUT1": "timeout", "UKOLD1": "healthy", "UKNOSUB1": "healthy",
+        "UKFLAKY1": "flaky", "UKTIMEOUT1": "timeout", "UKOLD1": "healthy", "UKLEGACY1": "healthy",
+        "UKNOSUB1": "healthy",
     }  # fmt: skip
     assert {k: p.behaviour for k, p in practices.items()} == expected
     assert practices["UKSLOW1"].latency_s == 0.25
     assert practices["UKFLAKY1"].failure_rate == 0.4
-    assert practices["UKOLD1"].pms_version == "13.845"
+    assert practices["UKOLD1"].pms_version == "13.850"  # below PATCH's 13.856
+    assert practices["UKLEGACY1"].pms_version == "13.840"  # below the whole API's 13.842
     assert [k for k, p in practices.items() if not p.subscribed] == ["UKNOSUB1"]
 
 
@@ -68,4 +70,4 @@ def test_invalid_changes_are_refused_without_effect(
     with pytest.raises(ValueError, match=named):
         upsert_practice(practices, practice_id, body, CONFIG)
     assert practices["UKTEST1"].to_json() == before
-    assert len(practices) == 10
+    assert len(practices) == 11

@@ -199,3 +199,15 @@ def test_example_env_file_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     settings = load_settings()
     assert settings.environment is Environment.SANDBOX
     assert settings.port == 8480
+
+
+def test_practice_pauses_file_is_unset_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pauses file unless one is named; an empty value is unset, not the current folder;
+    a file that does not exist yet is accepted (it means no pauses until it appears)."""
+    assert load_settings(environment="sandbox").practice_pauses_file is None
+    monkeypatch.setenv("EXACT_GATEWAY_PRACTICE_PAUSES_FILE", "")
+    assert load_settings(environment="sandbox").practice_pauses_file is None
+    monkeypatch.setenv("EXACT_GATEWAY_PRACTICE_PAUSES_FILE", "/nonexistent/pauses.json")
+    assert load_settings(environment="sandbox").practice_pauses_file == Path(
+        "/nonexistent/pauses.json"
+    )
