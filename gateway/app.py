@@ -95,10 +95,15 @@ class Gateway:
         api_session = build_session(
             connect_timeout=settings.connect_timeout_seconds,
             attempt_timeout=settings.attempt_timeout_seconds,
+            egress=settings.egress,
         )
         # The identity server gets a session of its own: ordinary client defaults, and its
-        # slowness never queues behind API traffic.
-        identity_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        # slowness never queues behind API traffic. Same CA bundle and egress proxy.
+        identity_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=settings.egress.ssl_context()),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            proxy=settings.egress.proxy,
+        )
         self._sessions = [api_session, identity_session]
         self.tokens = TokenSource(
             IdentityClient(TokenConfig.from_settings(settings), identity_session),
