@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.admin import build_admin_app
+from gateway.admin_access import AdminAccess
 from gateway.identity import IdentityClient, TokenConfig
 from gateway.metrics import Metrics, build_metrics
 from gateway.proxy import Proxy
@@ -125,7 +126,16 @@ class Gateway:
         )
 
         self._admin_runner = web.AppRunner(
-            build_admin_app(self.metrics, self.tokens, self.resilience, self.rates, self),
+            build_admin_app(
+                self.metrics,
+                self.tokens,
+                self.resilience,
+                self.rates,
+                self,
+                access=AdminAccess.of(
+                    settings.admin_introspection_from, settings.admin_allowed_hosts
+                ),
+            ),
             access_log=None,
             shutdown_timeout=1,
         )
