@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -193,7 +194,17 @@ class Settings(BaseSettings):
         if config_file:
             if not Path(config_file).is_file():
                 raise ConfigError(f"{CONFIG_FILE_VARIABLE}: no such file: {config_file}")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            except tomllib.TOMLDecodeError as exc:
+                # tomllib's message ends "(at line L, column C)": one line, no file content.
+                raise ConfigError(
+                    f"{CONFIG_FILE_VARIABLE}: {config_file}: not valid TOML: {exc}"
+                ) from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"{CONFIG_FILE_VARIABLE}: {config_file}: cannot be read ({type(exc).__name__})"
+                ) from None
         return tuple(sources)
 
     @field_validator("scopes", mode="before")
