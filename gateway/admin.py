@@ -2,7 +2,8 @@
 
 It listens separately from the proxy so Prometheus and kubelet never compete with callers, and
 it keeps answering during a drain (readiness says ``draining``) until the process exits.
-Nothing here returns a token or a secret.
+Nothing here returns a token or a secret, and only probes and metrics answer strangers (the
+rule is :mod:`gateway.admin_access`, applied to every request by one middleware).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__
+from gateway.admin_access import AdminAccess
 from gateway.metrics import Metrics
 from gateway.resilience import Resilience
 from gateway.status import CONTENT_SECURITY_POLICY, PAGE, RecentRates, status_document
@@ -38,6 +41,28 @@ TOKENS: web.AppKey[TokenSource] = web.AppKey("tokens", TokenSource)
 RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience", Resilience)
 RATES: web.AppKey[RecentRates] = web.AppKey("rates", RecentRates)
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
+ACCESS: web.AppKey[AdminAccess] = web.AppKey("access", AdminAccess)
+
+
+@web.middleware
+async def access_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse foreign Host names (421) and introspection from outside the allowed networks
+    (403) before any handler runs, as RFC 9457 problem documents."""
+    refusal = request.app[ACCESS].decide(request.remote, request.headers.get("Host"), request.path)
+    if refusal is None:
+        return await handler(request)
+    return web.json_response(
+        {
+            "type": f"urn:exact-gateway:error:{refusal.reason}",
+            "title": refusal.title,
+            "status": refusal.status,
+            "detail": refusal.detail,
+            "reason": refusal.reason,
+        },
+        status=refusal.status,
+        content_type="application/problem+json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -122,8 +147,11 @@ def build_admin_app(
     resilience: Resilience,
     rates: RecentRates,
     lifecycle: Lifecycle,
+    *,
+    access: AdminAccess | None = None,
 ) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[access_guard])
+    app[ACCESS] = access if access is not None else AdminAccess()
     app[METRICS] = metrics_
     app[TOKENS] = tokens
     app[RESILIENCE] = resilience

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway import __version__
 from gateway.admin import build_admin_app
+from gateway.admin_access import AdminAccess
 from gateway.idempotency import IdempotencyStore
 from gateway.identity import IdentityClient, TokenConfig
 from gateway.metrics import Metrics, build_metrics
@@ -100,10 +101,15 @@ class Gateway:
         api_session = build_session(
             connect_timeout=settings.connect_timeout_seconds,
             attempt_timeout=settings.attempt_timeout_seconds,
+            egress=settings.egress,
         )
         # The identity server gets a session of its own: ordinary client defaults, and its
-        # slowness never queues behind API traffic.
-        identity_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        # slowness never queues behind API traffic. Same CA bundle and egress proxy.
+        identity_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=settings.egress.ssl_context()),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            proxy=settings.egress.proxy,
+        )
         self._sessions = [api_session, identity_session]
         self.tokens = TokenSource(
             IdentityClient(TokenConfig.from_settings(settings), identity_session),
@@ -132,7 +138,16 @@ class Gateway:
         )
 
         self._admin_runner = web.AppRunner(
-            build_admin_app(self.metrics, self.tokens, self.resilience, self.rates, self),
+            build_admin_app(
+                self.metrics,
+                self.tokens,
+                self.resilience,
+                self.rates,
+                self,
+                access=AdminAccess.of(
+                    settings.admin_introspection_from, settings.admin_allowed_hosts
+                ),
+            ),
             access_log=None,
             shutdown_timeout=1,
         )

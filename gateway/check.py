@@ -56,10 +56,15 @@ async def _check(settings: Settings, report: Report) -> int:
     authority = settings.resolved_authority_url()
     report.ok("configuration", f"API {api_url}, identity server {authority}")
     async with (
-        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as identity,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=settings.egress.ssl_context()),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            proxy=settings.egress.proxy,
+        ) as identity,
         build_session(
             connect_timeout=settings.connect_timeout_seconds,
             attempt_timeout=settings.attempt_timeout_seconds,
+            egress=settings.egress,
         ) as api,
     ):
         identity_client = IdentityClient(TokenConfig.from_settings(settings), identity)

@@ -10,8 +10,10 @@ echoes the value (it might be the secret).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +34,7 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from gateway.egress import Egress, check_ca_bundle, check_proxy_url
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "EXACT_GATEWAY_"
@@ -69,6 +72,13 @@ ENVIRONMENT_URLS: dict[Environment, tuple[str, str]] = {
         "https://auth.softwareofexcellence.com",
     ),
 }
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Loopback only: introspection is for an operator inside the pod (kubectl port-forward, exec).
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# A DNS name as the Host header carries it (RFC 1123 labels).
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token characters
 
@@ -113,6 +123,15 @@ class Settings(BaseSettings):
     admin_port: int = Field(default=8481, ge=0, le=65535)
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.JSON
+    # Who may read the admin port's introspection endpoints (everything but /healthz, /readyz
+    # and /metrics), and which Host names it answers besides IP literals and localhost.
+    admin_introspection_from: Annotated[tuple[IPNetwork, ...], NoDecode] = LOOPBACK
+    admin_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Corporate egress (gateway/egress.py): a private CA bundle instead of the system store,
+    # and an HTTP CONNECT proxy, for calls to the EXACT API and the identity server.
+    ca_bundle_file: Path | None = None
+    egress_proxy_url: SecretStr | None = None
 
     # Time limits. Per-request deadlines grow into a full policy with the resilience work.
     # Total time a request may take: token wait, attempts and the waits between them.
@@ -188,7 +207,17 @@ class Settings(BaseSettings):
         if config_file:
             if not Path(config_file).is_file():
                 raise ConfigError(f"{CONFIG_FILE_VARIABLE}: no such file: {config_file}")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            except tomllib.TOMLDecodeError as exc:
+                # tomllib's message ends "(at line L, column C)": one line, no file content.
+                raise ConfigError(
+                    f"{CONFIG_FILE_VARIABLE}: {config_file}: not valid TOML: {exc}"
+                ) from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"{CONFIG_FILE_VARIABLE}: {config_file}: cannot be read ({type(exc).__name__})"
+                ) from None
         return tuple(sources)
 
     @field_validator("scopes", mode="before")
@@ -201,6 +230,52 @@ class Settings(BaseSettings):
                 if not isinstance(scope, str) or not _SCOPE.match(scope):
                     raise ValueError("each scope must be a plain scope name like practice.get")
             return tuple(dict.fromkeys(value))  # de-duplicated, order kept
+        return value
+
+    @field_validator("admin_introspection_from", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if isinstance(value, list | tuple):
+            try:
+                return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+            except ValueError:
+                raise ValueError(
+                    "must be a comma-separated list of addresses or CIDR blocks, like"
+                    " 127.0.0.1/32,10.0.0.0/8"
+                ) from None
+        return value
+
+    @field_validator("admin_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if isinstance(value, list | tuple):
+            names = [str(item).strip().lower().rstrip(".") for item in value]
+            if not all(_HOST_NAME.match(name) for name in names):
+                raise ValueError(
+                    "must be a comma-separated list of DNS names, like gateway.apps.svc"
+                )
+            return tuple(dict.fromkeys(names))
+        return value
+
+    @field_validator("ca_bundle_file", mode="after")
+    @classmethod
+    def _check_ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_ca_bundle(value)
+        return value
+
+    @field_validator("egress_proxy_url", mode="before")
+    @classmethod
+    def _check_proxy(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()
+            return check_proxy_url(value) if value else None
         return value
 
     @field_validator("api_url", "authority_url", "token_url", mode="before")
@@ -254,6 +329,11 @@ class Settings(BaseSettings):
         return self
 
     # -- derived values -------------------------------------------------------------------
+
+    @property
+    def egress(self) -> Egress:
+        proxy = self.egress_proxy_url
+        return Egress(self.ca_bundle_file, proxy.get_secret_value() if proxy else None)
 
     @property
     def uses_inprocess_sandbox(self) -> bool:

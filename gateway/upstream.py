@@ -17,6 +17,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gateway.egress import Egress
 from gateway.errors import UpstreamTimeout, UpstreamUnreachable
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus the legacy ones proxies still meet.
@@ -109,9 +110,13 @@ def response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMult
     return out
 
 
-def build_session(*, connect_timeout: float, attempt_timeout: float) -> aiohttp.ClientSession:
+def build_session(
+    *, connect_timeout: float, attempt_timeout: float, egress: Egress | None = None
+) -> aiohttp.ClientSession:
     """The one pooled session to the EXACT API for the life of the gateway."""
+    egress = egress if egress is not None else Egress()
     connector = aiohttp.TCPConnector(
+        ssl=egress.ssl_context(),
         # 0 = no cap: the connection pool must not limit concurrency below the gateway's own
         # global limit (shared/product.md, "Concurrency defaults").
         limit=0,
@@ -131,6 +136,7 @@ def build_session(*, connect_timeout: float, attempt_timeout: float) -> aiohttp.
         ),
         trust_env=False,
         raise_for_status=False,
+        proxy=egress.proxy,
     )
 
 

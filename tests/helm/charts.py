@@ -98,6 +98,17 @@ def gateway_container(spec: dict[str, Any], name: str = "exact-gateway") -> dict
     return found
 
 
-def env(container: dict[str, Any]) -> dict[str, str]:
-    assert all("valueFrom" not in e for e in container["env"]), "every value is literal"
-    return {e["name"]: e["value"] for e in container["env"]}
+def env(
+    container: dict[str, Any], secret_refs: frozenset[str] | set[str] = frozenset()
+) -> dict[str, str]:
+    """The container's variables. Every value is literal, except the names in
+    ``secret_refs``, which may come from a Secret (returned as ``secret:<name>/<key>``)."""
+    found = {}
+    for e in container["env"]:
+        if "valueFrom" in e:
+            assert e["name"] in secret_refs, f"{e['name']}: every value is literal"
+            ref = e["valueFrom"]["secretKeyRef"]
+            found[e["name"]] = f"secret:{ref['name']}/{ref['key']}"
+        else:
+            found[e["name"]] = e["value"]
+    return found

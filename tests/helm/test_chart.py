@@ -39,9 +39,11 @@ from tests.helm.charts import (
 CLIENT_SECRET = "chart-test-client-secret"
 
 QA = {"environment": "qa", "clientId": "partner-client", "scopes": ["practice.get", "patient.get"]}
+# The least an install can say: environment has no default, the sandbox is a choice.
+SANDBOX: dict[str, Any] = {"settings": {"environment": "sandbox"}}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
-    "defaults": {},
+    "sandbox": SANDBOX,
     "sidecar": {
         "mode": "sidecar",
         "settings": QA,
@@ -77,10 +79,35 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "settings": {**QA, "environment": "production"},
         "secret": {"existingSecret": "exact-credentials", "key": "secret"},
     },
+    # A corporate cluster: private CA, authenticated egress proxy, its own variables and volumes,
+    # the admin port's introspection opened to an operator subnet, a renamed monitoring job.
+    "corporate": {
+        "settings": {
+            **QA,
+            "environment": "production",
+            "adminIntrospectionFrom": ["127.0.0.1/32", "10.20.0.0/16"],
+            "adminAllowedHosts": "exact-gateway.payments.svc",
+        },
+        "secret": {"existingSecret": "exact-credentials"},
+        "extraEnv": [
+            {"name": "TZ", "value": "Europe/London"},
+            {
+                "name": "OTEL_RESOURCE_ATTRIBUTES",
+                "valueFrom": {"configMapKeyRef": {"name": "otel", "key": "attributes"}},
+            },
+        ],
+        "envFrom": [{"configMapRef": {"name": "exact-gateway-extra"}}],
+        "extraVolumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "16Mi"}}],
+        "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+        "caBundle": {"configMap": "corporate-ca", "key": "bundle.pem"},
+        "egressProxy": {"existingSecret": "egress-proxy"},
+        "serviceMonitor": {"enabled": True, "job": "payments-exact"},
+        "prometheusRule": {"enabled": True},
+    },
 }
 
 STANDALONE_KINDS = {
-    "defaults": [
+    "sandbox": [
         "Deployment",
         "NetworkPolicy",
         "PodDisruptionBudget",
@@ -108,6 +135,15 @@ STANDALONE_KINDS = {
         "Service",
         "ServiceAccount",
     ],
+    "corporate": [
+        "Deployment",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "PrometheusRule",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ],
 }
 
 RULES = REPO / "config" / "prometheus" / "exact-gateway-rules.yml"
@@ -125,17 +161,25 @@ def assert_crd_shape(manifest: Manifest) -> None:
     assert set(manifest) == {"apiVersion", "kind", "metadata", "spec"}
     spec = manifest["spec"]
     if manifest["kind"] == "PrometheusRule":
-        assert spec == yaml.safe_load((CHART / "files" / "exact-gateway-rules.yml").read_text())
+        canonical = (CHART / "files" / "exact-gateway-rules.yml").read_text()
+        job = spec["groups"][0]["rules"][0]["expr"].split('"')[1]
+        assert spec == yaml.safe_load(
+            canonical.replace('job="exact-gateway"', f'job="{job}"')
+            .replace("job exact-gateway", f"job {job}")
+            .replace("still named exact-gateway", f"still named {job}")
+        )
         assert all(group["name"] and group["rules"] for group in spec["groups"])
         return
     endpoints = spec["endpoints" if manifest["kind"] == "ServiceMonitor" else "podMetricsEndpoints"]
+    job = endpoints[0]["relabelings"][0]["replacement"]
+    assert job in {"exact-gateway", "payments-exact"}
     assert endpoints == [
         {
             "port": "admin",
             "path": "/metrics",
             "interval": "30s",
             "scrapeTimeout": "10s",
-            "relabelings": [{"targetLabel": "job", "replacement": "exact-gateway"}],
+            "relabelings": [{"targetLabel": "job", "replacement": job}],
         }
     ]
     assert spec["namespaceSelector"] == {"matchNames": ["apps"]}
@@ -186,12 +230,17 @@ def test_every_environment_variable_is_a_gateway_setting(
     rendered: tuple[str, list[Manifest]],
 ) -> None:
     """Only EXACT_GATEWAY_<field> names the gateway reads; the secret only as a file path."""
-    _, manifests = rendered
+    name, manifests = rendered
     readable = {ENV_PREFIX + field.upper() for field in Settings.model_fields}
+    extra = VALUE_SETS[name].get("extraEnv", [])
     for manifest in manifests:
         if manifest["kind"] != "Deployment":
             continue
-        variables = env(gateway_container(pod_spec([manifest])))
+        container = gateway_container(pod_spec([manifest]))
+        # extraEnv passes through as written, after the chart's own variables.
+        chart_env = container["env"][: len(container["env"]) - len(extra)]
+        assert container["env"][len(chart_env) :] == extra
+        variables = env({"env": chart_env}, secret_refs={f"{ENV_PREFIX}EGRESS_PROXY_URL"})
         assert set(variables) <= readable, set(variables) - readable
         assert f"{ENV_PREFIX}CLIENT_SECRET" not in variables
     text = json.dumps(manifests)
@@ -200,7 +249,7 @@ def test_every_environment_variable_is_a_gateway_setting(
 
 def test_defaults_are_hardened() -> None:
     """Non-root numeric user, read-only root, no capabilities, seccomp, no token, resources."""
-    spec = pod_spec(render())
+    spec = pod_spec(render(SANDBOX))
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"] == {
         "runAsNonRoot": True,
@@ -225,13 +274,13 @@ def test_defaults_are_hardened() -> None:
     assert set(container["resources"]["requests"]) == {"cpu", "memory"}
     assert container["args"] == ["serve"]
     assert container["image"] == f"registry.example.com/exact-gateway:{gateway.__version__}"
-    account = one(render(), "ServiceAccount")
+    account = one(render(SANDBOX), "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
 
 
 def test_standalone_ports_probes_and_environment() -> None:
-    """Pod-IP proxy on 8480, admin on 8481, probes on the admin port, sandbox by default."""
-    manifests = render()
+    """Pod-IP proxy on 8480, admin on 8481, probes on the admin port, the chosen sandbox."""
+    manifests = render(SANDBOX)
     container = gateway_container(pod_spec(manifests))
     assert container["ports"] == [
         {"name": "proxy", "containerPort": 8480, "protocol": "TCP"},
@@ -258,7 +307,7 @@ def test_standalone_ports_probes_and_environment() -> None:
         ("proxy", 8480, "proxy"),
         ("admin", 8481, "admin"),
     ]
-    assert "SANDBOX" in notes()
+    assert "SANDBOX" in notes(SANDBOX)
 
 
 def test_settings_values_become_gateway_environment_variables() -> None:
@@ -344,17 +393,19 @@ def test_network_policy_admits_labelled_clients_and_prometheus_only() -> None:
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
         }
     ]
-    default = one(render(), "NetworkPolicy")["spec"]["ingress"][0]["from"]
+    default = one(render(SANDBOX), "NetworkPolicy")["spec"]["ingress"][0]["from"]
     assert default == [{"podSelector": {"matchLabels": {"exact-gateway-client": "true"}}}]
 
 
 def test_termination_grace_covers_the_drain() -> None:
     """Default 30 s > grace 2 + drain 20; longer drains raise it; too short is refused."""
-    assert pod_spec(render())["terminationGracePeriodSeconds"] == 30
-    longer = render({"settings": {"drainSeconds": 40, "shutdownGraceSeconds": 2.5}})
+    assert pod_spec(render(SANDBOX))["terminationGracePeriodSeconds"] == 30
+    longer = render(
+        {"settings": {"environment": "sandbox", "drainSeconds": 40, "shutdownGraceSeconds": 2.5}}
+    )
     assert pod_spec(longer)["terminationGracePeriodSeconds"] == 48
     with pytest.raises(helm.HelmRenderError, match=r"terminationGracePeriodSeconds \(20\)"):
-        render({"terminationGracePeriodSeconds": 20})
+        render({**SANDBOX, "terminationGracePeriodSeconds": 20})
 
 
 def test_sidecar_mode_renders_no_workload() -> None:
@@ -375,7 +426,7 @@ def test_sidecar_mode_renders_no_workload() -> None:
         ({"settings": {**QA, "scopes": []}}, "settings.scopes is required"),
         ({"settings": QA, "secret": {"create": False}}, "a client secret is required"),
         (
-            {"secret": {"clientSecret": "x", "existingSecret": "y"}},
+            {**SANDBOX, "secret": {"clientSecret": "x", "existingSecret": "y"}},
             "set secret.existingSecret or secret.clientSecret, not both",
         ),
     ],
@@ -423,7 +474,16 @@ def test_schema_settings_are_the_gateway_settings() -> None:
     """values.schema.json accepts exactly the gateway's settings the chart does not manage."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     properties = schema["properties"]["settings"]["properties"]
-    managed = {"client_secret", "client_secret_file", "host", "port", "admin_host", "admin_port"}
+    managed = {
+        "client_secret",
+        "client_secret_file",
+        "host",
+        "port",
+        "admin_host",
+        "admin_port",
+        "ca_bundle_file",  # from caBundle: a mounted ConfigMap or Secret
+        "egress_proxy_url",  # from egressProxy: a literal URL or a Secret
+    }
     expected = {
         re.sub(r"_(.)", lambda m: m.group(1).upper(), name)
         for name in Settings.model_fields
@@ -488,3 +548,93 @@ def test_chart_copies_of_rules_and_dashboard_match_config() -> None:
     json.loads(dashboard["data"]["exact-gateway-dashboard.json"])
     rule = one(manifests, "PrometheusRule")
     assert rule["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_environment_is_required_and_names_its_choices() -> None:
+    """No environment, no render: the message names the value and its three choices."""
+    message = "settings.environment is required: choose qa, production or sandbox"
+    for values in ({}, {"settings": {"clientId": "partner-client"}}, {"mode": "sidecar"}):
+        with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
+            render(values)
+    with helm.Chart.load(CHART) as chart:
+        assert "environment" not in chart.values["settings"], "no default to fall back on"
+
+
+def test_corporate_values_reach_the_pod_spec() -> None:
+    """extraEnv, envFrom, extra volumes, the CA bundle (read-only, its file in
+    EXACT_GATEWAY_CA_BUNDLE_FILE) and the proxy URL from a Secret all land in the pod."""
+    values = VALUE_SETS["corporate"]
+    spec = pod_spec(render(values))
+    container = gateway_container(spec)
+    variables = env({"env": container["env"][:-2]}, secret_refs={f"{ENV_PREFIX}EGRESS_PROXY_URL"})
+    assert variables[f"{ENV_PREFIX}CA_BUNDLE_FILE"] == "/etc/exact-gateway/ca/ca-bundle.pem"
+    assert variables[f"{ENV_PREFIX}EGRESS_PROXY_URL"] == "secret:egress-proxy/url"
+    assert variables[f"{ENV_PREFIX}ADMIN_INTROSPECTION_FROM"] == "127.0.0.1/32 10.20.0.0/16"
+    assert variables[f"{ENV_PREFIX}ADMIN_ALLOWED_HOSTS"] == "exact-gateway.payments.svc"
+    assert container["env"][-2:] == values["extraEnv"]
+    assert container["envFrom"] == values["envFrom"]
+    assert container["volumeMounts"] == [
+        {
+            "name": "exact-gateway-secret",
+            "mountPath": "/var/run/secrets/exact-gateway",
+            "readOnly": True,
+        },
+        {"name": "exact-gateway-ca-bundle", "mountPath": "/etc/exact-gateway/ca", "readOnly": True},
+        {"name": "scratch", "mountPath": "/scratch"},
+    ]
+    assert spec["volumes"][1:] == [
+        {
+            "name": "exact-gateway-ca-bundle",
+            "configMap": {
+                "name": "corporate-ca",
+                "defaultMode": 0o444,
+                "items": [{"key": "bundle.pem", "path": "ca-bundle.pem"}],
+            },
+        },
+        {"name": "scratch", "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    from_secret = render({**SANDBOX, "caBundle": {"secret": "corporate-ca"}})
+    volume = pod_spec(from_secret)["volumes"][0]
+    assert volume["secret"] == {
+        "secretName": "corporate-ca",
+        "defaultMode": 0o444,
+        "items": [{"key": "ca.crt", "path": "ca-bundle.pem"}],
+    }
+    plain = render({**SANDBOX, "egressProxy": {"url": "http://proxy.corp.example:3128"}})
+    proxy = env(gateway_container(pod_spec(plain)))[f"{ENV_PREFIX}EGRESS_PROXY_URL"]
+    assert proxy == "http://proxy.corp.example:3128"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"caBundle": {"configMap": "a", "secret": "b"}},
+            "set caBundle.configMap or caBundle.secret, not both",
+        ),
+        (
+            {"egressProxy": {"url": "http://p:3128", "existingSecret": "s"}},
+            "set egressProxy.url or egressProxy.existingSecret, not both",
+        ),
+        (
+            {"egressProxy": {"url": "http://user:pass@p:3128"}},
+            "egressProxy.url must not carry credentials",
+        ),
+        ({"egressProxy": {"url": "proxy.corp.example"}}, "egressProxy.url must look like"),
+        (
+            {
+                "serviceMonitor": {"enabled": True, "job": "a"},
+                "podMonitor": {"enabled": True, "job": "b"},
+                "prometheusRule": {"enabled": True},
+            },
+            "serviceMonitor.job (a) and podMonitor.job (b) differ",
+        ),
+    ],
+)
+def test_inconsistent_corporate_values_fail(values: dict[str, Any], message: str) -> None:
+    """Ambiguous bundles and proxies, a password in the pod spec, and two jobs fail."""
+    with pytest.raises(helm.HelmRenderError) as caught:
+        render({**SANDBOX, **values})
+    assert message in str(caught.value)
+    assert "pass@" not in str(caught.value)

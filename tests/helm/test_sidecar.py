@@ -40,6 +40,18 @@ SIDECAR_SETS: dict[str, dict[str, Any]] = {
             "podMonitor": {"enabled": True},
         }
     },
+    "native-corporate": {
+        "gateway": {
+            "settings": {"environment": "qa", "clientId": "partner", "scopes": "practice.get"},
+            "secret": {"existingSecret": "exact-credentials"},
+            "extraEnv": [{"name": "TZ", "value": "UTC"}],
+            "envFrom": [{"secretRef": {"name": "exact-gateway-extra"}}],
+            "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
+            "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+            "caBundle": {"secret": "corporate-ca"},
+            "egressProxy": {"url": "http://[fd00::1]:3128"},
+        }
+    },
     "regular-container-existing-secret": {
         "gateway": {
             "sidecar": {"native": False, "readinessProbe": True},
@@ -157,3 +169,26 @@ def test_readme_snippet_is_the_example() -> None:
     chart = (EXAMPLE / "Chart.yaml").read_text()
     dependencies = chart[chart.index("dependencies:") :]
     assert dependencies in readme
+
+
+def test_corporate_values_reach_the_sidecar(example_chart: Path) -> None:
+    """In sidecar mode too: extraEnv, envFrom, the CA bundle and extra volumes (added through
+    exact-gateway.sidecar.volumes) and the proxy URL reach the host pod."""
+    spec = pod_spec(_render(example_chart, "native-corporate"))
+    sidecar = gateway_container(spec)
+    assert sidecar["env"][-1] == {"name": "TZ", "value": "UTC"}
+    variables = env(sidecar)
+    assert variables["EXACT_GATEWAY_CA_BUNDLE_FILE"] == "/etc/exact-gateway/ca/ca-bundle.pem"
+    assert variables["EXACT_GATEWAY_EGRESS_PROXY_URL"] == "http://[fd00::1]:3128"
+    assert sidecar["envFrom"] == [{"secretRef": {"name": "exact-gateway-extra"}}]
+    assert [m["name"] for m in sidecar["volumeMounts"]] == [
+        "exact-gateway-secret",
+        "exact-gateway-ca-bundle",
+        "scratch",
+    ]
+    assert [v["name"] for v in spec["volumes"]] == [
+        "exact-gateway-secret",
+        "exact-gateway-ca-bundle",
+        "scratch",
+    ]
+    assert spec["volumes"][1]["secret"]["secretName"] == "corporate-ca"

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -192,3 +193,19 @@ def test_port_in_use_fails_with_a_clear_message() -> None:
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_toml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path: Path) -> None:
+    """A config file that is not TOML: exit 2 and one line with the file, line and column
+    (it was a 27-line traceback and exit 1)."""
+    config = tmp_path / "exact-gateway.toml"
+    config.write_text('environment = "qa"\nclient_id = "x"\nscopes = [practice.get\n')
+    result = run_cli("serve", env={"EXACT_GATEWAY_CONFIG_FILE": str(config)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"exact-gateway: EXACT_GATEWAY_CONFIG_FILE: {config}: ")
+    assert "line 3, column 11" in lines[0]
+    check = run_cli("check", env={"EXACT_GATEWAY_CONFIG_FILE": str(config)})
+    assert check.returncode == 2
+    assert len(check.stderr.strip().splitlines()) == 1

@@ -100,7 +100,9 @@ when it leaves no room for the drain), else max(30, drain budget + 5).
 {{/* Configuration errors Kubernetes would only show as a crash-looping pod. */}}
 {{- define "exact-gateway.validate" -}}
 {{- $s := .Values.settings }}
-{{- if ne (toString $s.environment) "sandbox" }}
+{{- if not $s.environment }}
+{{- fail "settings.environment is required: choose qa, production or sandbox (sandbox serves simulated data from the built-in simulator and is never chosen for you)" }}
+{{- else if ne (toString $s.environment) "sandbox" }}
 {{- if not $s.clientId }}
 {{- fail (printf "settings.clientId is required when settings.environment is %s" $s.environment) }}
 {{- end }}
@@ -113,6 +115,20 @@ when it leaves no room for the drain), else max(30, drain budget + 5).
 {{- end }}
 {{- if and .Values.secret.existingSecret .Values.secret.clientSecret }}
 {{- fail "set secret.existingSecret or secret.clientSecret, not both" }}
+{{- end }}
+{{- $ca := .Values.caBundle }}
+{{- if and $ca.configMap $ca.secret }}
+{{- fail "set caBundle.configMap or caBundle.secret, not both" }}
+{{- end }}
+{{- $proxy := .Values.egressProxy }}
+{{- if and $proxy.url $proxy.existingSecret }}
+{{- fail "set egressProxy.url or egressProxy.existingSecret, not both" }}
+{{- end }}
+{{- if contains "@" (toString $proxy.url) }}
+{{- fail "egressProxy.url must not carry credentials (they would be readable in the pod spec): put the whole URL in a Secret and set egressProxy.existingSecret" }}
+{{- end }}
+{{- if and $proxy.url (not (regexMatch "^https?://([^/:@\\[\\]]+|\\[[0-9a-fA-F:.]+\\]):[0-9]+/?$" (toString $proxy.url))) }}
+{{- fail "egressProxy.url must look like http://host:port" }}
 {{- end }}
 {{- $_ := include "exact-gateway.terminationGracePeriodSeconds" . }}
 {{- end }}
@@ -143,11 +159,54 @@ when it leaves no room for the drain), else max(30, drain budget + 5).
 - name: EXACT_GATEWAY_CLIENT_SECRET_FILE
   value: {{ include "exact-gateway.secretFile" . | quote }}
 {{- end }}
+{{- if include "exact-gateway.caBundleSource" . }}
+- name: EXACT_GATEWAY_CA_BUNDLE_FILE
+  value: {{ include "exact-gateway.caBundleFile" . | quote }}
+{{- end }}
+{{- if .Values.egressProxy.existingSecret }}
+- name: EXACT_GATEWAY_EGRESS_PROXY_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.egressProxy.existingSecret }}
+      key: {{ .Values.egressProxy.key }}
+{{- else if .Values.egressProxy.url }}
+- name: EXACT_GATEWAY_EGRESS_PROXY_URL
+  value: {{ .Values.egressProxy.url | quote }}
+{{- end }}
 {{- range $key, $value := .Values.settings }}
 {{- if not (or (kindIs "invalid" $value) (and (kindIs "string" $value) (eq $value "")) (and (kindIs "slice" $value) (empty $value))) }}
 - name: {{ printf "EXACT_GATEWAY_%s" (snakecase $key | upper) }}
   value: {{ include "exact-gateway.envValue" $value | quote }}
 {{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* "configMap" or "secret" when a CA bundle is configured, else nothing. */}}
+{{- define "exact-gateway.caBundleSource" -}}
+{{- if .Values.caBundle.configMap }}configMap{{ else if .Values.caBundle.secret }}secret{{ end }}
+{{- end }}
+
+{{- define "exact-gateway.caBundleFile" -}}
+{{- printf "%s/ca-bundle.pem" (trimSuffix "/" .Values.caBundle.mountPath) }}
+{{- end }}
+
+{{/* The gateway container's volumeMounts items (possibly none). */}}
+{{- define "exact-gateway.volumeMounts" -}}
+{{- if include "exact-gateway.secretName" . }}
+- name: {{ include "exact-gateway.volumeName" . }}
+  mountPath: {{ .Values.secret.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if include "exact-gateway.caBundleSource" . }}
+- name: exact-gateway-ca-bundle
+  mountPath: {{ .Values.caBundle.mountPath }}
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
@@ -169,6 +228,23 @@ exact-gateway-secret
     items:
       - key: {{ $.Values.secret.key }}
         path: client-secret
+{{- end }}
+{{- with include "exact-gateway.caBundleSource" . }}
+- name: exact-gateway-ca-bundle
+  {{- if eq . "configMap" }}
+  configMap:
+    name: {{ $.Values.caBundle.configMap }}
+  {{- else }}
+  secret:
+    secretName: {{ $.Values.caBundle.secret }}
+  {{- end }}
+    defaultMode: 292
+    items:
+      - key: {{ $.Values.caBundle.key }}
+        path: ca-bundle.pem
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
@@ -207,11 +283,13 @@ The gateway container, as one list item. In sidecar mode: loopback proxy, no pro
       protocol: TCP
   env:
     {{- include "exact-gateway.env" . | nindent 4 }}
-  {{- if include "exact-gateway.secretName" . }}
+  {{- with .Values.envFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with include "exact-gateway.volumeMounts" . }}
   volumeMounts:
-    - name: {{ include "exact-gateway.volumeName" . }}
-      mountPath: {{ .Values.secret.mountPath }}
-      readOnly: true
+    {{- . | nindent 4 }}
   {{- end }}
   startupProbe:
     {{- include "exact-gateway.probe" (list .Values.probes.startup "/readyz") | nindent 4 }}
@@ -251,7 +329,7 @@ The gateway container, as one list item. In sidecar mode: loopback proxy, no pro
 {{- end }}
 {{- end }}
 
-{{/* Volumes items the sidecar needs (the client-secret volume, when there is a secret). */}}
+{{/* Volumes items the sidecar needs: the client secret, the CA bundle, extraVolumes. */}}
 {{- define "exact-gateway.sidecar.volumes" -}}
 {{- include "exact-gateway.sidecar.requireMode" . }}
 {{- include "exact-gateway.volumes" . }}
@@ -265,4 +343,24 @@ The gateway container, as one list item. In sidecar mode: loopback proxy, no pro
 {{/* The pod label the sidecar-mode PodMonitor selects. */}}
 {{- define "exact-gateway.sidecar.podLabels" -}}
 exact-gateway-sidecar: {{ include "exact-gateway.fullname" . }}
+{{- end }}
+
+{{/*
+The job label the alert rules select: prometheusRule.job, else the job of the enabled
+monitor (both enabled must agree), else "exact-gateway" (your own scrape configuration).
+*/}}
+{{- define "exact-gateway.alertJob" -}}
+{{- $service := and .Values.serviceMonitor.enabled (eq (toString .Values.mode) "standalone") }}
+{{- $pod := .Values.podMonitor.enabled }}
+{{- if .Values.prometheusRule.job }}
+{{- .Values.prometheusRule.job }}
+{{- else if and $service $pod (ne .Values.serviceMonitor.job .Values.podMonitor.job) }}
+{{- fail (printf "serviceMonitor.job (%s) and podMonitor.job (%s) differ: set prometheusRule.job to the one the alert rules should select" .Values.serviceMonitor.job .Values.podMonitor.job) }}
+{{- else if $service }}
+{{- .Values.serviceMonitor.job }}
+{{- else if $pod }}
+{{- .Values.podMonitor.job }}
+{{- else }}
+{{- "exact-gateway" }}
+{{- end }}
 {{- end }}
