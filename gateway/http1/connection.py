@@ -216,15 +216,22 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         state, self._state = self._state, _CLOSED
-        self._closing = True
+        ours, self._closing = self._closing, True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lost = None
         if state == _HEAD:
-            self._fail(ConnectionLost("closed before the response head", sent=self._sent))
+            lost = ConnectionLost("closed before the response head", sent=self._sent)
         elif state == _BODY:
             if self._framing == _UNTIL_CLOSE and exc is None:
                 self._complete = True  # read-until-close: the close is the framing
-                self._wake()
             else:
-                self._fail(ConnectionLost("closed in the middle of the body", sent=True))
+                lost = ConnectionLost("closed in the middle of the body", sent=True)
+        if lost is not None and self._error is None:
+            self._error = lost
+            if not ours:
+                self.mark(CloseCause.ERROR)
         if self.cause is None:
             # Nothing recorded yet: the peer hung up on its own.
             self.cause = CloseCause.PEER_CLOSE if state in (_IDLE, _DONE) else CloseCause.ERROR
@@ -314,11 +321,11 @@ class Connection(asyncio.Protocol):
         if status < 200:
             self._interim = True  # 100, 102, 103...: never the answer; wait for the next head
             return
-        if version != "1.1" or not parser.should_keep_alive():
-            self.mark(CloseCause.CONNECTION_CLOSE)
         self.status = status
         self._head_received = True
         self._choose_framing(status)
+        if version != "1.1" or not parser.should_keep_alive():
+            self.mark(CloseCause.CONNECTION_CLOSE)
         if self._is_head:
             # httptools cannot tell llhttp that a HEAD response has no body, so the response
             # ends here and the parser (still expecting a body) is replaced before reuse;

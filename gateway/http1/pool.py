@@ -161,5 +161,5 @@ class Pool:
             active=self._active,
             opened_total=self._opened,
             reused_total=self._reused,
-            closed_total=dict(self._closed),
+            closed_total={str(cause): n for cause, n in self._closed.items()},
         )
