@@ -8,6 +8,7 @@ socket. ``Peer`` runs one handler per accepted connection and records them.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class Peer:
     """A listening socket whose connections are served by ``handler`` (with their index)."""
 
     handler: Handler
+    ssl: ssl.SSLContext | None = None
     server: asyncio.Server | None = None
     accepted: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -70,7 +72,7 @@ class Peer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         index = self.accepted
@@ -90,7 +92,7 @@ class Peer:
             self.tasks.append(task)
             await self._serve(reader, writer)
 
-        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=self.ssl)
         return self
 
     async def stop(self) -> None:
@@ -108,8 +110,8 @@ class Peer:
 async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Peer]]]:
     peers: list[Peer] = []
 
-    async def start(handler: Handler) -> Peer:
-        peer = await Peer(handler).start()
+    async def start(handler: Handler, ssl: ssl.SSLContext | None = None) -> Peer:
+        peer = await Peer(handler, ssl).start()
         peers.append(peer)
         return peer
 

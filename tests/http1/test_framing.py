@@ -83,7 +83,9 @@ async def test_read_until_close_delivers_the_body_then_closes(serve, clients):
 
 async def test_a_coding_other_than_chunked_is_read_until_close(serve, clients):
     """Transfer-Encoding without a final chunked: framed by the close, never reused."""
-    peer = await serve(scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz", close_after=True))
+    peer = await serve(
+        scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz", close_after=True)
+    )
     client = clients(peer.url)
     assert await get(client) == (200, b"zz")
     await wait_for(lambda: client.stats.closed_total.get("framing") == 1)
@@ -121,9 +123,7 @@ async def test_connection_close_from_the_request_is_sent_and_honoured(serve, cli
 
     peer = await serve(record)
     client = clients(peer.url)
-    resp = await client.request(
-        "GET", "/", [("Connection", "close"), ("X-A", "1")], **TIMEOUTS
-    )
+    resp = await client.request("GET", "/", [("Connection", "close"), ("X-A", "1")], **TIMEOUTS)
     assert await resp.read() == b"ok"
     resp.release()
     assert seen[0] == [("Host", f"127.0.0.1:{peer.port}"), ("X-A", "1"), ("Connection", "close")]
