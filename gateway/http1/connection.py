@@ -326,6 +326,10 @@ class Connection(asyncio.Protocol):
         self._choose_framing(status)
         if version != "1.1" or not parser.should_keep_alive():
             self.mark(CloseCause.CONNECTION_CLOSE)
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            # Answered while part of a bytes body is still queued: the rest would reach the
+            # upstream as the start of the next request.
+            self.mark(CloseCause.EARLY_RESPONSE)
         if self._is_head:
             # httptools cannot tell llhttp that a HEAD response has no body, so the response
             # ends here and the parser (still expecting a body) is replaced before reuse;

@@ -94,6 +94,28 @@ async def test_early_response_is_returned_and_the_connection_closed(serve, clien
     await wait_for(lambda: client.stats.closed_total.get("early_response") == 1)
 
 
+async def test_early_response_to_a_bytes_body_still_queued_closes_the_connection(serve, clients):
+    """An answer that arrives while part of a large bytes body is still queued in the
+    transport: the caller gets it, and the connection is closed rather than letting the
+    rest of that body reach the upstream as the start of the next request."""
+
+    async def rejects(reader, writer, index):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response(b"too large", "413 Content Too Large"))
+        await writer.drain()
+        await reader.read()
+
+    peer = await serve(rejects)
+    assert peer.server is not None
+    for sock in peer.server.sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client = clients(peer.url)
+    resp = await client.request("POST", "/", [], b"x" * (64 * MIB), **TIMEOUTS)
+    assert (resp.status, await resp.read()) == (413, b"too large")
+    resp.release()
+    await wait_for(lambda: client.stats.closed_total.get("early_response") == 1)
+
+
 async def test_request_body_streams_with_back_pressure(serve, clients):
     """The upstream reads slowly: the caller's iterator is only asked for more when the
     socket drains, so what has been produced but not received stays bounded (kernel
