@@ -19,7 +19,6 @@ EXACT, errors included, pass through untouched.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -34,9 +33,12 @@ from gateway.errors import (
     CallerGone,
     DeadlineExceeded,
     GatewayError,
+    RequestTimeout,
     RetryBudgetExhausted,
     UpstreamTimeout,
 )
+from gateway.header_policy import check_values, sends_idempotency_key
+from gateway.listener import cut_off, expect_continue, render_problem
 from gateway.metrics import Metrics
 from gateway.resilience import Resilience, Ticket
 from gateway.retry import decide, parse_retry_after, retry_reason
@@ -75,19 +77,7 @@ def request_id_for(supplied: str | None) -> str:
 
 
 def problem_response(error: GatewayError, request_id: str) -> web.Response:
-    headers = {
-        "X-Gateway-Error": error.reason,
-        "X-Request-ID": request_id,
-        "Cache-Control": "no-store",
-    }
-    if error.retry_after_header is not None:
-        headers["Retry-After"] = error.retry_after_header
-    return web.Response(
-        status=error.status,
-        body=json.dumps(error.problem(request_id)).encode(),
-        content_type="application/problem+json",
-        headers=headers,
-    )
+    return render_problem(error, request_id)
 
 
 @dataclass(slots=True)
@@ -151,6 +141,7 @@ class Proxy:
         try:
             target = parse_target(request.method, request.raw_path)
             exchange.route, exchange.practice_id = target.route, target.practice_id
+            check_values(request.headers.items())
             exchange.deadline = self._clock() + deadline_for(
                 request.headers.get("X-Gateway-Timeout"), self._deadline
             )
@@ -200,7 +191,9 @@ class Proxy:
         self, request: web.BaseRequest, target: Target, exchange: Exchange
     ) -> web.StreamResponse:
         body, exchange.replayable = await self._body(request)
-        exchange.keyed = "Idempotency-Key" in request.headers
+        exchange.keyed = sends_idempotency_key(
+            request.headers, request.headers.getall("Connection", ())
+        )
         token = await self._tokens.get(wait=exchange.deadline - self._clock())
         self._resilience.budget.record_request(self._clock())
         replayed_401 = False
@@ -309,9 +302,11 @@ class Proxy:
             self._observe_attempt(target.route, error.reason, sent)
             return Attempt(None, error, ticket)
         except GatewayError as error:
-            if isinstance(body, StreamReader) and body.exception() is not None:
+            if isinstance(body, StreamReader) and (cause := body.exception()) is not None:
                 # The send failed because the caller's body broke off, not because of EXACT.
                 self._resilience.abandon(ticket)
+                if isinstance(cause, RequestTimeout):
+                    raise cause from error
                 raise CallerGone from error
             self._resilience.observe(ticket, None, error)
             self._observe_attempt(target.route, error.reason, sent)
@@ -336,11 +331,12 @@ class Proxy:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
-        except ConnectionResetError:
-            # The caller hung up mid-body (aiohttp raises this on our write): drop the
-            # half-read upstream connection rather than return it to the pool.
+        except ConnectionError:
+            # The caller hung up mid-body, or stopped reading and the listener cut it off
+            # (aiohttp raises this on our write): drop the half-read upstream connection.
             upstream.close()
-            exchange.error = "client_disconnected"
+            slow = cut_off(request)
+            exchange.error = slow.reason if slow is not None else "client_disconnected"
             response.force_close()
             exchange.status = CLIENT_CLOSED_REQUEST
             return response
@@ -367,6 +363,7 @@ class Proxy:
         """
         if not request.body_exists:
             return None, True
+        await expect_continue(request)
         length = request.content_length
         if length is not None and length <= self._replay_buffer_bytes:
             try:
@@ -374,6 +371,13 @@ class Proxy:
             except (aiohttp.ClientError, ConnectionError) as exc:
                 raise CallerGone from exc
         return request.content, False
+
+    def refused(self, error: GatewayError, request_id: str, method: str) -> None:
+        """Count and log a request the listener refused before it reached this handler."""
+        self._metrics.rejected.labels(error.reason).inc()
+        exchange = Exchange(request_id, method_label(method), status=error.status)
+        exchange.error = error.reason
+        self._observe(exchange, 0.0)
 
     def _observe_attempt(self, route: str, outcome: str, sent: float) -> None:
         self._metrics.upstream_attempts.labels(route, outcome).inc()
