@@ -70,6 +70,12 @@ MAX_HEADERS = 128
 # How long aiohttp keeps reading (and discarding) a body the handler did not want, so the
 # caller can read the answer before the connection closes; the body-idle limit still applies.
 LINGER_SECONDS = 5.0
+# After a refusal written before the head was complete, incoming bytes are read and dropped
+# this long so the caller can read the answer (instead of meeting a reset).
+REFUSAL_LINGER_SECONDS = 2.0
+# At the start of a drain, keep-alive connections idle at least this long are closed; more
+# recently used ones get Connection: close on their next answer instead.
+DRAIN_QUIET_SECONDS = 1.0
 # File descriptors kept free for the process itself (listeners, event loop, log pipes, the
 # identity server's connections) when the connection cap is derived from RLIMIT_NOFILE.
 RESERVED_FDS = 64
@@ -276,12 +282,19 @@ class Listener(web.Server):
 
     # -- shutdown ----------------------------------------------------------------------------
 
-    def start_draining(self) -> None:
-        """From now on every answer says ``Connection: close``; idle connections close now."""
+    def start_draining(self, quiet: float = DRAIN_QUIET_SECONDS) -> None:
+        """From now on every answer says ``Connection: close``; connections idle for ``quiet``
+        seconds close now.
+
+        One used more recently belongs to an active caller, whose next request may be on the
+        wire already: closing under it would lose that request, so it gets its answer with
+        ``Connection: close`` instead (or is closed with the listener if it stays idle).
+        """
         self.draining = True
+        now = self._loop.time()
         for connection in self.connections:
             if isinstance(connection, CallerConnection):
-                connection.close_if_idle()
+                connection.close_if_idle(since=now - quiet)
 
     def pre_shutdown(self) -> None:
         # aiohttp closes every connection here, dropping a request still arriving; only idle
@@ -345,6 +358,7 @@ class CallerConnection(RequestHandler):
         self._deaf = False  # further bytes are ignored: refused, cut off, or unparseable
         self._admitted = False
         self._settled: asyncio.Event | None = None
+        self._idle_since = math.inf
         self.cut_off: RequestTimeout | None = None
 
     # -- connection lifecycle ----------------------------------------------------------------
@@ -575,6 +589,7 @@ class CallerConnection(RequestHandler):
             self._enter(Phase.HEAD, self._limits.head_timeout)
         else:
             self._enter(Phase.IDLE, self._limits.keepalive_idle)
+            self._idle_since = self._loop.time()
             self._notify_settled()
             if self._listener.draining:
                 self.close_if_idle()
@@ -659,14 +674,23 @@ class CallerConnection(RequestHandler):
         self._deaf = True
         self._disarm()
         self._listener.refusal(error, request_id, "other")
-        if self.transport is not None:
-            self.transport.write(_raw_problem(error, request_id))
-        self.force_close()
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(_raw_problem(error, request_id))
+        if transport.can_write_eof():
+            # Half-close and discard what still arrives for a moment: closing outright with
+            # unread bytes makes the kernel send a reset, and the caller may never read why.
+            transport.write_eof()
+            self._loop.call_later(REFUSAL_LINGER_SECONDS, self.force_close)
+        else:  # pragma: no cover - TCP transports can always write EOF
+            self.force_close()
 
     # -- shutdown ----------------------------------------------------------------------------
 
-    def close_if_idle(self) -> None:
-        if self._phase is Phase.IDLE and not self._messages:
+    def close_if_idle(self, since: float = math.inf) -> None:
+        """Close the connection if it is between requests (and has been since ``since``)."""
+        if self._phase is Phase.IDLE and not self._messages and self._idle_since <= since:
             self.force_close()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's signature
