@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -29,6 +30,12 @@ from gateway.admin import build_admin_app
 from gateway.admin_access import AdminAccess
 from gateway.idempotency import IdempotencyStore
 from gateway.identity import IdentityClient, TokenConfig
+from gateway.listener import (
+    CallerLimits,
+    Listener,
+    connection_cap,
+    on_response_prepare,
+)
 from gateway.metrics import Metrics, build_metrics
 from gateway.proxy import Proxy
 from gateway.resilience import BreakerCollector, Resilience
@@ -137,23 +144,38 @@ class Gateway:
             ),
         )
 
-        self._admin_runner = web.AppRunner(
-            build_admin_app(
-                self.metrics,
-                self.tokens,
-                self.resilience,
-                self.rates,
-                self,
-                access=AdminAccess.of(
-                    settings.admin_introspection_from, settings.admin_allowed_hosts
-                ),
+        limits = caller_limits(settings)
+        self.listener = Listener(
+            self.proxy,
+            limits=limits,
+            on_refusal=self.proxy.refused,
+            on_connections=self.metrics.caller_connections.set,
+            on_refused_connection=self.metrics.caller_connections_refused.inc,
+        )
+        admin_app = build_admin_app(
+            self.metrics,
+            self.tokens,
+            self.resilience,
+            self.rates,
+            self,
+            access=AdminAccess.of(settings.admin_introspection_from, settings.admin_allowed_hosts),
+        )
+        admin_app.on_response_prepare.append(on_response_prepare)
+        self._admin_runner = AdminRunner(
+            admin_app,
+            CallerLimits(
+                head_timeout=limits.head_timeout,
+                body_idle=limits.body_idle,
+                write_idle=limits.write_idle,
+                keepalive_idle=limits.keepalive_idle,
+                max_head_bytes=limits.max_head_bytes,
+                max_target_bytes=limits.max_target_bytes,
+                max_connections=settings.admin_max_connections,
             ),
-            access_log=None,
             shutdown_timeout=1,
         )
         self._proxy_runner = web.ServerRunner(
-            web.Server(self.proxy, access_log=None),
-            shutdown_timeout=settings.drain_seconds,
+            self.listener, shutdown_timeout=settings.drain_seconds
         )
         await self._admin_runner.setup()
         await self._proxy_runner.setup()
@@ -178,6 +200,9 @@ class Gateway:
     async def shutdown(self) -> None:
         """Drain and stop (see the module docstring for the order)."""
         self._draining = True
+        # Every answer from now on says Connection: close, and idle keep-alive connections
+        # close now, so no caller is left holding a connection the listener is about to drop.
+        self.listener.start_draining()
         log.info(
             "draining",
             extra={"fields": {"event": "drain", "inflight": self.proxy.inflight}},
@@ -194,6 +219,53 @@ class Gateway:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         log.info("stopped", extra={"fields": {"event": "stop"}})
+
+
+def caller_limits(settings: Settings) -> CallerLimits:
+    """The proxy port's caller-edge bounds, the connection cap kept under the fd limit."""
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if fd_limit == resource.RLIM_INFINITY:
+        fd_limit = 2**20
+    cap = connection_cap(settings.max_connections, fd_limit, settings.admin_max_connections)
+    if cap < settings.max_connections:
+        log.warning(
+            "MAX_CONNECTIONS lowered to fit the open-file limit",
+            extra={
+                "fields": {
+                    "event": "connection_limit_lowered",
+                    "max_connections": cap,
+                    "open_file_limit": fd_limit,
+                }
+            },
+        )
+    return CallerLimits(
+        head_timeout=settings.request_head_timeout_seconds,
+        body_idle=settings.request_body_idle_seconds,
+        write_idle=settings.response_write_idle_seconds,
+        keepalive_idle=settings.keepalive_idle_seconds,
+        max_head_bytes=settings.max_request_head_bytes,
+        max_target_bytes=settings.max_target_bytes,
+        max_connections=cap,
+    )
+
+
+class AdminRunner(web.AppRunner):
+    """The admin app behind the same bounded listener, with a connection cap of its own, so
+    a flood of the proxy port cannot silence /healthz and a flood of this port cannot take
+    the proxy's descriptors."""
+
+    def __init__(self, app: web.Application, limits: CallerLimits, **kwargs: object) -> None:
+        super().__init__(app, access_log=None, **kwargs)  # type: ignore[arg-type]
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return Listener(
+            plain.request_handler,
+            limits=self._limits,
+            request_factory=plain.request_factory,
+            name="admin",
+        )
 
 
 @dataclass
@@ -259,12 +331,24 @@ async def sandbox_for(settings: Settings) -> AsyncIterator[Settings]:
         await sandbox.stop()
 
 
+def _sighup() -> None:
+    log.info(
+        "SIGHUP ignored: settings are read once at start (restart to change them); the"
+        " secret file is re-read on its own when it changes",
+        extra={"fields": {"event": "sighup"}},
+    )
+
+
 async def until_signalled() -> None:
-    """Return when the process gets SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C)."""
+    """Return when the process gets SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
+
+    SIGHUP, whose default action would kill the process with no drain, is logged and ignored.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _sighup)
     await stop.wait()
 
 

@@ -12,9 +12,12 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
     ├── CallerGone                       the caller went away mid-request: nothing to answer
     └── GatewayError                     answered to the caller as problem+json
         ├── BadRequest                   400 bad_request: not a request we will forward
+        ├── MethodNotAllowed             405 method_not_allowed: a method outside the allow-list
         ├── RequestTimeout               408 request_timeout: the caller was too slow sending
         ├── IdempotencyKeyInUse          409 idempotency_key_in_use: the key's first request runs
+        ├── UriTooLong                   414 uri_too_long: the request target is too long
         ├── IdempotencyKeyMismatch       422 idempotency_key_mismatch: the key named another request
+        ├── RequestHeaderFieldsTooLarge  431 request_header_fields_too_large: head too big
         ├── TokenUnavailable             503 token_unavailable: no usable bearer token
         ├── CircuitOpen                  503 circuit_open: the practice's breaker is open
         ├── UpstreamCircuitOpen          503 upstream_circuit_open: the partner-wide breaker is open
@@ -67,6 +70,17 @@ class GatewayError(Exception):
             return None
         return str(max(0, math.ceil(self.retry_after)))
 
+    def headers(self, request_id: str) -> dict[str, str]:
+        """The response headers every gateway error carries (and ``Retry-After``/``Allow``)."""
+        headers = {
+            "X-Gateway-Error": self.reason,
+            "X-Request-ID": request_id,
+            "Cache-Control": "no-store",
+        }
+        if self.retry_after_header is not None:
+            headers["Retry-After"] = self.retry_after_header
+        return headers
+
     def problem(self, request_id: str) -> dict[str, Any]:
         """The RFC 9457 problem document for this error."""
         body: dict[str, Any] = {
@@ -90,12 +104,39 @@ class BadRequest(GatewayError):
     title = "Request refused by the gateway"
 
 
+# Methods forwarded to EXACT. Anything else (TRACE, which echoes the request and so the bearer
+# token, WebDAV and SSDP methods) is refused before anything is sent.
+ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    reason = "method_not_allowed"
+    title = "Method not allowed by the gateway"
+
+    def headers(self, request_id: str) -> dict[str, str]:
+        return super().headers(request_id) | {"Allow": ", ".join(ALLOWED_METHODS)}
+
+
 class RequestTimeout(GatewayError):
-    """The caller stopped sending its request body: its own slowness, never the practice's."""
+    """The caller was too slow: its request head or body stopped arriving, or it stopped
+    reading the answer. Never counted against a practice or the EXACT API."""
 
     status = 408
     reason = "request_timeout"
-    title = "The request was not received in time"
+    title = "The request did not arrive in time"
+
+
+class UriTooLong(GatewayError):
+    status = 414
+    reason = "uri_too_long"
+    title = "Request target too long"
+
+
+class RequestHeaderFieldsTooLarge(GatewayError):
+    status = 431
+    reason = "request_header_fields_too_large"
+    title = "Request header fields too large"
 
 
 class IdempotencyKeyInUse(GatewayError):

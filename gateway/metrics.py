@@ -45,6 +45,8 @@ class Metrics:
     retries_skipped: Counter
     rejected: Counter
     breaker_transitions: Counter
+    caller_connections: Gauge
+    caller_connections_refused: Counter
 
 
 def build_metrics(environment: str, registry: CollectorRegistry | None = None) -> Metrics:
@@ -148,6 +150,18 @@ def build_metrics(environment: str, registry: CollectorRegistry | None = None) -
             "circuit_breaker_transitions_total",
             "Circuit breaker state changes, by scope (practice or upstream) and new state.",
             ["scope", "state"],
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        caller_connections=Gauge(
+            "caller_connections",
+            "Connections open on the proxy port.",
+            namespace=NAMESPACE,
+            registry=registry,
+        ),
+        caller_connections_refused=Counter(
+            "caller_connections_refused_total",
+            "Connections to the proxy port closed at once because MAX_CONNECTIONS were open.",
             namespace=NAMESPACE,
             registry=registry,
         ),

@@ -41,6 +41,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gateway.header_policy import check_values
 from gateway.idempotency import (
     KEYED_METHODS,
     Claim,
@@ -49,6 +50,7 @@ from gateway.idempotency import (
     fingerprint,
     valid_key,
 )
+from gateway.listener import cut_off, expect_continue, render_problem
 from gateway.metrics import Metrics
 from gateway.resilience import Resilience, Ticket
 from gateway.retry import decide, parse_retry_after, retry_reason
@@ -104,19 +106,7 @@ def stored_response(answer: StoredAnswer, request_id: str) -> web.Response:
 
 
 def problem_response(error: GatewayError, request_id: str) -> web.Response:
-    headers = {
-        "X-Gateway-Error": error.reason,
-        "X-Request-ID": request_id,
-        "Cache-Control": "no-store",
-    }
-    if error.retry_after_header is not None:
-        headers["Retry-After"] = error.retry_after_header
-    return web.Response(
-        status=error.status,
-        body=json.dumps(error.problem(request_id)).encode(),
-        content_type="application/problem+json",
-        headers=headers,
-    )
+    return render_problem(error, request_id)
 
 
 class _CallerBody:
@@ -128,6 +118,13 @@ class _CallerBody:
     """
 
     __slots__ = ("_reader", "broken", "waiting_for_caller")
+
+    def failure(self) -> BaseException | None:
+        """Why the caller's side broke off (the listener's time-out, a reset), if it did."""
+        cause = self._reader.exception()
+        if cause is None and self.broken:
+            return CallerGone()
+        return cause
 
     def __init__(self, reader: StreamReader) -> None:
         self._reader = reader
@@ -247,6 +244,7 @@ class Proxy:
         try:
             target = parse_target(request.method, request.raw_path)
             exchange.route, exchange.practice_id = target.route, target.practice_id
+            check_values(request.headers.items())
             exchange.deadline = self._clock() + deadline_for(
                 request.headers.get("X-Gateway-Timeout"), self._deadline
             )
@@ -493,9 +491,11 @@ class Proxy:
             self._observe_attempt(target.route, error.reason, sent)
             return Attempt(None, error, ticket)
         except GatewayError as error:
-            if isinstance(body, _CallerBody) and body.broken:
+            if isinstance(body, _CallerBody) and (cause := body.failure()) is not None:
                 # The send failed because the caller's body broke off, not because of EXACT.
                 self._resilience.abandon(ticket)
+                if isinstance(cause, RequestTimeout):
+                    raise cause from error
                 raise CallerGone from error
             if not isinstance(error, UpstreamUnreachable) or error.sent:
                 exchange.maybe_delivered = True
@@ -531,11 +531,12 @@ class Proxy:
                         kept = None  # too large to replay: the record keeps status and headers
                 await response.write(chunk)
             await response.write_eof()
-        except ConnectionResetError:
-            # The caller hung up mid-body (aiohttp raises this on our write): drop the
-            # half-read upstream connection rather than return it to the pool.
+        except ConnectionError:
+            # The caller hung up mid-body, or stopped reading and the listener cut it off
+            # (aiohttp raises this on our write): drop the half-read upstream connection.
             upstream.close()
-            exchange.error = "client_disconnected"
+            slow = cut_off(request)
+            exchange.error = slow.reason if slow is not None else "client_disconnected"
             response.force_close()
             exchange.status = CLIENT_CLOSED_REQUEST
             kept = None
@@ -572,6 +573,7 @@ class Proxy:
         """
         if not request.body_exists:
             return None, True
+        await expect_continue(request)
         length = request.content_length
         if length is not None and length <= self._replay_buffer_bytes:
             try:
@@ -579,6 +581,13 @@ class Proxy:
             except (aiohttp.ClientError, ConnectionError) as exc:
                 raise CallerGone from exc
         return request.content, False
+
+    def refused(self, error: GatewayError, request_id: str, method: str) -> None:
+        """Count and log a request the listener refused before it reached this handler."""
+        self._metrics.rejected.labels(error.reason).inc()
+        exchange = Exchange(request_id, method_label(method), status=error.status)
+        exchange.error = error.reason
+        self._observe(exchange, 0.0)
 
     def _observe_attempt(self, route: str, outcome: str, sent: float) -> None:
         self._metrics.upstream_attempts.labels(route, outcome).inc()

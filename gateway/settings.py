@@ -186,6 +186,16 @@ class Settings(BaseSettings):
     # Readiness: true restores the first round's rule (ready only while a token is usable).
     ready_requires_usable_token: bool = False
 
+    # The caller edge (see README "The caller edge" for why each default is what it is).
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0)
+    request_body_idle_seconds: float = Field(default=15.0, gt=0)
+    response_write_idle_seconds: float = Field(default=30.0, gt=0)
+    keepalive_idle_seconds: float = Field(default=120.0, gt=0)
+    max_request_head_bytes: int = Field(default=32768, ge=1024, le=1024 * 1024)
+    max_target_bytes: int = Field(default=8192, ge=256, le=1024 * 1024)
+    max_connections: int = Field(default=1024, ge=1)
+    admin_max_connections: int = Field(default=32, ge=1)
+
     # Lifecycle (see README "Shutdown"): drain stays below Kubernetes' default 30 s grace.
     shutdown_grace_seconds: float = Field(default=2.0, ge=0)
     drain_seconds: float = Field(default=20.0, ge=0)

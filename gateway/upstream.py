@@ -5,7 +5,8 @@ exceptions become the gateway's own (:mod:`gateway.errors`). The session is buil
 proxy's hot path: keep-alive pooling with no connection cap below the gateway's own limits,
 no cookie jar (a shared proxy must never carry one caller's cookies to another), no automatic
 decompression (bytes pass through as EXACT sent them), no redirects followed, and no headers
-added that the caller did not send.
+added that the caller did not send. Which caller headers are sent is decided in
+:mod:`gateway.header_policy`.
 """
 
 from __future__ import annotations
@@ -19,51 +20,14 @@ from yarl import URL
 
 from gateway.egress import Egress
 from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.header_policy import connection_named, forwarded_upstream, is_hop_by_hop
 
-# RFC 9110 section 7.6.1 hop-by-hop fields, plus the legacy ones proxies still meet.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-    }
-)
-# Request headers a caller must not choose: who we are (Authorization), where the request
-# goes (Host, and the rewrite/override headers that IIS and ASP.NET honour), and the gateway's
-# own controls.
-CALLER_MUST_NOT_SET = frozenset(
-    {
-        "host",
-        "authorization",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-        "x-forwarded-host",
-        "x-gateway-timeout",
-    }
-)
 API_VERSION_HEADER = "x-api-version"
 DEFAULT_API_VERSION = "1.0"
 
 
 def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """Header names listed in ``Connection``: hop-by-hop by declaration (RFC 9110 7.6.1)."""
-    values = headers.getall("Connection", ())
-    if not values:
-        return frozenset()
-    return frozenset(
-        token.strip().lower() for value in values for token in value.split(",") if token.strip()
-    )
-
-
-def _is_hop_by_hop(name: str, declared: frozenset[str]) -> bool:
-    return name in HOP_BY_HOP or name.startswith("proxy-") or name in declared
+    return connection_named(headers.getall("Connection", ()))
 
 
 def forwarded_value(incoming: CIMultiDictProxy[str], name: str) -> str | None:
@@ -72,8 +36,7 @@ def forwarded_value(incoming: CIMultiDictProxy[str], name: str) -> str | None:
     A header the caller's own ``Connection`` names is hop-by-hop and stripped, so what the
     gateway decides from it (e.g. whether a POST is keyed) follows what EXACT will see.
     """
-    lower = name.lower()
-    if lower in CALLER_MUST_NOT_SET or _is_hop_by_hop(lower, _connection_named(incoming)):
+    if not forwarded_upstream(name.lower(), _connection_named(incoming)):
         return None
     values = incoming.getall(name, ())
     if len(values) != 1:
@@ -88,10 +51,8 @@ def request_headers(
     declared = _connection_named(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        lower = name.lower()
-        if lower in CALLER_MUST_NOT_SET or _is_hop_by_hop(lower, declared):
-            continue
-        out.add(name, value)
+        if forwarded_upstream(name.lower(), declared):
+            out.add(name, value)
     out["Authorization"] = f"Bearer {token}"
     out["X-Request-ID"] = request_id
     if API_VERSION_HEADER not in out:
@@ -104,7 +65,7 @@ def response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMult
     declared = _connection_named(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        if not _is_hop_by_hop(name.lower(), declared):
+        if not is_hop_by_hop(name.lower(), declared):
             out.add(name, value)
     out["X-Request-ID"] = request_id
     return out

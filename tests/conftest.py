@@ -246,8 +246,11 @@ class GatewayProcess:
         return await asyncio.wait_for(self.process.wait(), timeout)
 
 
-async def spawn_gateway(env: dict[str, str], *args: str) -> GatewayProcess:
-    """Start ``python -m gateway serve`` with ``env`` (EXACT_GATEWAY_* settings)."""
+async def spawn_gateway(
+    env: dict[str, str], *args: str, preexec_fn: Callable[[], None] | None = None
+) -> GatewayProcess:
+    """Start ``python -m gateway serve`` with ``env`` (EXACT_GATEWAY_* settings); ``preexec_fn``
+    runs in the child before it starts (for example to lower its resource limits)."""
     full_env = {
         key: value for key, value in os.environ.items() if not key.startswith("EXACT_GATEWAY_")
     }
@@ -268,6 +271,7 @@ async def spawn_gateway(env: dict[str, str], *args: str) -> GatewayProcess:
         env=full_env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
     assert process.stderr is not None
     lines: list[str] = []

@@ -46,7 +46,8 @@ METHODS = frozenset(KNOWN_METHODS | {"other"})
 # Methods aiohttp's parser knows but the gateway does not label by name, and invented ones
 # (aiohttp may refuse those itself with a 400 before the gateway sees them).
 ODD_METHODS = ("PURGE", "PROPFIND", "MKCOL", "LOCK", "SEARCH", "FROBNICATE", "XZQW")
-STATUSES = frozenset({"200", "400", "499", "503"})  # upstream 200; bad_request; hang-ups; busy
+# upstream 200; bad_request; method_not_allowed (the odd methods); hang-ups; busy
+STATUSES = frozenset({"200", "400", "405", "499", "503"})
 
 
 class Caller:
