@@ -155,11 +155,14 @@ async def _retain(upstream: aiohttp.ClientResponse) -> StoredAnswer | None:
         length = upstream.content_length
         if length is not None and length > RETAINED_ANSWER_BYTES:
             return None
-        body = await upstream.content.read(RETAINED_ANSWER_BYTES + 1)
-        if len(body) > RETAINED_ANSWER_BYTES or not upstream.content.at_eof():
-            return None
+        body = bytearray()
+        # read(n) returns what has arrived, not necessarily n bytes: read until the end.
+        while chunk := await upstream.content.read(RETAINED_ANSWER_BYTES + 1 - len(body)):
+            body += chunk
+            if len(body) > RETAINED_ANSWER_BYTES:
+                return None
         return StoredAnswer(
-            upstream.status, upstream.reason or "", tuple(upstream.headers.items()), body
+            upstream.status, upstream.reason or "", tuple(upstream.headers.items()), bytes(body)
         )
     except (aiohttp.ClientError, TimeoutError):
         return None

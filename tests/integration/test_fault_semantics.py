@@ -341,3 +341,32 @@ async def test_a_time_out_is_reported_as_such_when_the_budget_refuses_a_retry(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_retry_refused_by_a_breaker_opened_meanwhile_returns_the_callers_own_answer(
+    upstream: ScriptedUpstream, start_gateway: GatewayFactory
+) -> None:
+    """A waits to retry (EXACT said Retry-After: 1); meanwhile B's failure opens the breaker.
+    A's retry is refused, and A hears its own first answer (EXACT's 503 and body), not the
+    breaker's circuit_open: it did try."""
+
+    async def unreachable(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=503, text="practice unreachable", headers={"Retry-After": "1"})
+
+    upstream.handler = unreachable
+    gateway = await start_gateway(
+        gateway_settings(upstream.url, breaker_consecutive_failures=2, retry_max_attempts=3)
+    )
+    path = "/v1/Practices/UKP1/details"
+    async with aiohttp.ClientSession() as client:
+
+        async def call() -> tuple[int, str | None, str]:
+            async with client.get(proxy_url(gateway, path)) as resp:
+                return resp.status, resp.headers.get("X-Gateway-Error"), await resp.text()
+
+        first = asyncio.create_task(call())
+        await wait_until(lambda: _true(len(upstream.seen) == 1), 5)
+        second = await call()
+        assert second == (503, None, "practice unreachable")  # its attempt opened it
+        assert await first == (503, None, "practice unreachable")
+    assert len(upstream.seen) == 2
