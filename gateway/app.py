@@ -1,13 +1,17 @@
-"""Assemble a running gateway (and, for the sandbox environment, its simulator) and run it.
+"""The composition root: build every part of one gateway from the settings, run it, stop it.
 
-:class:`Gateway` owns everything one gateway holds (sessions, token source, metrics registry,
-listeners), so two gateways can run in one process, as the tests do. :func:`serve` is the
-``exact-gateway serve`` command: start, wait for SIGTERM or SIGINT, drain, exit.
+:meth:`Gateway.start` is the one factory. It turns the settings into frozen policies once,
+builds every part (metrics, defences, token source, idempotency store, upstream clients,
+listeners) with one clock and one random source from the caller, and hands back a whole
+gateway. Everything that needs undoing (sockets, client sessions, runners, the token task)
+is entered into one ``AsyncExitStack`` as it is started, so a start that fails half-way
+unwinds exactly what it began, and :meth:`Gateway.shutdown` unwinds the rest in reverse
+order. ``exact-gateway check`` opens the same upstream clients (:func:`open_clients`).
 
-Shutdown order (shared/product.md, "Lifecycle"): readiness turns false at once; the proxy
-keeps accepting for ``SHUTDOWN_GRACE_SECONDS`` (Kubernetes needs a moment to take the pod out
-of its endpoints); then the listener closes and in-flight requests get up to
-``DRAIN_SECONDS`` to finish; the admin port answers until the very end.
+Shutdown order (README "Shutdown"): readiness turns false at once; the proxy keeps accepting
+for ``SHUTDOWN_GRACE_SECONDS`` (Kubernetes needs a moment to take the pod out of its
+endpoints); then the listener closes and in-flight requests get up to ``DRAIN_SECONDS`` to
+finish; the admin port answers until the very end.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import resource
-import signal
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import TracebackType
 
 import aiohttp
 from aiohttp import web
@@ -28,8 +32,9 @@ from prometheus_client import CollectorRegistry
 from gateway import __version__
 from gateway.admin import build_admin_app
 from gateway.admin_access import AdminAccess
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.idempotency import IdempotencyStore
-from gateway.identity import IdentityClient, TokenConfig
+from gateway.lifecycle import GatewayState, until_signalled
 from gateway.listener import (
     CallerLimits,
     Listener,
@@ -37,10 +42,13 @@ from gateway.listener import (
     on_response_prepare,
 )
 from gateway.metrics import Metrics, build_metrics
+from gateway.policies import Policies
 from gateway.proxy import Proxy
 from gateway.resilience import BreakerCollector, Resilience
-from gateway.settings import Environment, SandboxServerSettings, Settings
+from gateway.sandbox_mode import sandbox_for
+from gateway.settings import Settings
 from gateway.status import RecentRates
+from gateway.token_client import TokenClient
 from gateway.tokens import TokenPolicy, TokenSource
 from gateway.upstream import Upstream, build_session
 
@@ -53,136 +61,174 @@ def listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=1024)
 
 
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """The gateway's two outbound clients: the identity server's and the EXACT API's."""
+
+    token_client: TokenClient
+    upstream: Upstream
+
+
+async def open_clients(
+    settings: Settings, policies: Policies, stack: contextlib.AsyncExitStack
+) -> Clients:
+    """Open both clients, their sessions entered into ``stack`` (closed when it unwinds)."""
+    api_session = await stack.enter_async_context(
+        build_session(
+            connect_timeout=settings.connect_timeout_seconds,
+            attempt_timeout=settings.attempt_timeout_seconds,
+            egress=settings.egress,
+        )
+    )
+    # The identity server gets a session of its own: ordinary client defaults, and its
+    # slowness never queues behind API traffic. Same CA bundle and egress proxy.
+    identity_session = await stack.enter_async_context(
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=settings.egress.ssl_context()),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            proxy=settings.egress.proxy,
+        )
+    )
+    return Clients(
+        TokenClient(policies.credentials, identity_session),
+        Upstream(api_session, settings.resolved_api_url(), settings.attempt_timeout_seconds),
+    )
+
+
 class Gateway:
-    """One gateway: proxy and admin listeners, the upstream pool and the token source."""
+    """One running gateway: listeners, clients, token source, defences and their state.
+
+    Built only by :meth:`start`; an async context manager whose exit drains and stops it.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        registry: CollectorRegistry | None = None,
-        token_policy: TokenPolicy | None = None,
+        state: GatewayState,
+        metrics: Metrics,
+        tokens: TokenSource,
+        resilience: Resilience,
+        rates: RecentRates,
+        proxy: Proxy,
+        listener: Listener,
+        proxy_port: int,
+        admin_port: int,
+        stack: contextlib.AsyncExitStack,
     ) -> None:
         self.settings = settings
-        self._token_policy = (
-            token_policy
-            if token_policy is not None
-            else TokenPolicy(
-                retry_base=settings.token_retry_base_seconds,
-                retry_cap=settings.token_retry_max_seconds,
+        self.state = state
+        self.metrics = metrics
+        self.tokens = tokens
+        self.resilience = resilience
+        self.rates = rates
+        self.proxy = proxy
+        self.listener = listener
+        self.proxy_port = proxy_port
+        self.admin_port = admin_port
+        self._stack = stack
+        self._stopped = False
+
+    @classmethod
+    async def start(
+        cls,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        token_policy: TokenPolicy | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> Gateway:
+        """Build and start a gateway; on any failure, undo what was started and re-raise."""
+        policies = settings.policies()
+        # Jitter, not secrecy: an ordinary PRNG, seeded from the OS so replicas differ.
+        rng = rng if rng is not None else random.Random()  # noqa: S311
+        metrics = build_metrics(settings.environment.value, registry)
+        resilience = Resilience(policies.resilience, metrics, clock=clock, rng=rng)
+        state = GatewayState(settings.environment.value, policies.lifecycle, resilience.bulkhead)
+        metrics.inflight.set_function(lambda: state.inflight)
+        metrics.registry.register(BreakerCollector(resilience))
+        rates = RecentRates()
+        async with contextlib.AsyncExitStack() as stack:
+            # Bind first: a port already in use fails the start before anything else is built.
+            admin_sock = listen(settings.admin_host, settings.admin_port)
+            stack.callback(admin_sock.close)
+            proxy_sock = listen(settings.host, settings.port)
+            stack.callback(proxy_sock.close)
+            clients = await open_clients(settings, policies, stack)
+            tokens = TokenSource(
+                clients.token_client,
+                metrics,
+                token_policy if token_policy is not None else policies.tokens,
+                clock=clock,
+                rng=rng,
             )
-        )
-        self._background: list[asyncio.Task[None]] = []
-        self.metrics: Metrics = build_metrics(settings.environment.value, registry)
-        self._draining = False
-        self._admin_runner: web.AppRunner | None = None
-        self._proxy_runner: web.ServerRunner | None = None
-        self._sessions: list[aiohttp.ClientSession] = []
-        self.proxy_port = 0
-        self.admin_port = 0
-
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
-    @property
-    def environment(self) -> str:
-        return self.settings.environment.value
-
-    @property
-    def inflight(self) -> int:
-        return self.proxy.inflight
-
-    @property
-    def ready_requires_usable_token(self) -> bool:
-        return self.settings.ready_requires_usable_token
-
-    async def start(self) -> None:
-        settings = self.settings
-        api_url = settings.resolved_api_url()
-        # Bind first: a port already in use fails the start before anything else is built.
-        admin_sock = listen(settings.admin_host, settings.admin_port)
-        proxy_sock = listen(settings.host, settings.port)
-        self.admin_port = admin_sock.getsockname()[1]
-        self.proxy_port = proxy_sock.getsockname()[1]
-        api_session = build_session(
-            connect_timeout=settings.connect_timeout_seconds,
-            attempt_timeout=settings.attempt_timeout_seconds,
-            egress=settings.egress,
-        )
-        # The identity server gets a session of its own: ordinary client defaults, and its
-        # slowness never queues behind API traffic. Same CA bundle and egress proxy.
-        identity_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=settings.egress.ssl_context()),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            proxy=settings.egress.proxy,
-        )
-        self._sessions = [api_session, identity_session]
-        self.tokens = TokenSource(
-            IdentityClient(TokenConfig.from_settings(settings), identity_session),
-            self.metrics,
-            self._token_policy,
-        )
-        self.resilience = Resilience(settings, self.metrics)
-        self.rates = RecentRates()
-        self.metrics.registry.register(BreakerCollector(self.resilience))
-        self.proxy = Proxy(
-            Upstream(api_session, api_url, settings.attempt_timeout_seconds),
-            self.tokens,
-            self.metrics,
-            self.resilience,
-            attempt_timeout=settings.attempt_timeout_seconds,
-            deadline=settings.deadline_seconds,
-            replay_buffer_bytes=settings.replay_buffer_bytes,
-            rates=self.rates,
-            idempotency=IdempotencyStore(
-                ttl=settings.idempotency_ttl_seconds,
-                max_keys=settings.idempotency_max_keys,
-                max_response_bytes=settings.idempotency_max_response_bytes,
-                max_stored_bytes=settings.idempotency_max_stored_bytes,
-                clock=self.resilience.clock,
-            ),
-        )
-
-        limits = caller_limits(settings)
-        self.listener = Listener(
-            self.proxy,
-            limits=limits,
-            on_refusal=self.proxy.refused,
-            on_connections=self.metrics.caller_connections.set,
-            on_refused_connection=self.metrics.caller_connections_refused.inc,
-        )
-        admin_app = build_admin_app(
-            self.metrics,
-            self.tokens,
-            self.resilience,
-            self.rates,
-            self,
-            access=AdminAccess.of(settings.admin_introspection_from, settings.admin_allowed_hosts),
-        )
-        admin_app.on_response_prepare.append(on_response_prepare)
-        self._admin_runner = AdminRunner(
-            admin_app,
-            CallerLimits(
-                head_timeout=limits.head_timeout,
-                body_idle=limits.body_idle,
-                write_idle=limits.write_idle,
-                keepalive_idle=limits.keepalive_idle,
-                max_head_bytes=limits.max_head_bytes,
-                max_target_bytes=limits.max_target_bytes,
-                max_connections=settings.admin_max_connections,
-            ),
-            shutdown_timeout=1,
-        )
-        self._proxy_runner = web.ServerRunner(
-            self.listener, shutdown_timeout=settings.drain_seconds
-        )
-        await self._admin_runner.setup()
-        await self._proxy_runner.setup()
-        await web.SockSite(self._admin_runner, admin_sock).start()
-        await web.SockSite(self._proxy_runner, proxy_sock).start()
-        # The first token is fetched at once; /readyz turns true when it is held.
-        self._background.append(asyncio.create_task(self.tokens.run(), name="token-refresh"))
+            # The first token is fetched at once; /readyz turns true when it is held.
+            refresh = asyncio.create_task(tokens.run(), name="token-refresh")
+            stack.push_async_callback(_cancel, refresh)
+            proxy = Proxy(
+                clients.upstream,
+                tokens,
+                metrics,
+                resilience,
+                policies.proxy,
+                rates=rates,
+                idempotency=IdempotencyStore(policies.idempotency, clock),
+            )
+            limits = caller_limits(settings)
+            listener = Listener(
+                proxy,
+                limits=limits,
+                on_refusal=proxy.refused,
+                on_connections=metrics.caller_connections.set,
+                on_refused_connection=metrics.caller_connections_refused.inc,
+            )
+            admin_app = build_admin_app(
+                metrics,
+                tokens,
+                resilience,
+                rates,
+                state,
+                access=AdminAccess.of(
+                    settings.admin_introspection_from, settings.admin_allowed_hosts
+                ),
+            )
+            admin_app.on_response_prepare.append(on_response_prepare)
+            admin_runner = AdminRunner(
+                admin_app,
+                CallerLimits(
+                    head_timeout=limits.head_timeout,
+                    body_idle=limits.body_idle,
+                    write_idle=limits.write_idle,
+                    keepalive_idle=limits.keepalive_idle,
+                    max_head_bytes=limits.max_head_bytes,
+                    max_target_bytes=limits.max_target_bytes,
+                    max_connections=settings.admin_max_connections,
+                ),
+                shutdown_timeout=1,
+            )
+            # Unwound in reverse: the proxy listener (draining in-flight requests) first, then
+            # the admin port, the token task, the clients' sessions, the sockets.
+            await admin_runner.setup()
+            stack.push_async_callback(admin_runner.cleanup)
+            proxy_runner = web.ServerRunner(listener, shutdown_timeout=settings.drain_seconds)
+            await proxy_runner.setup()
+            stack.push_async_callback(proxy_runner.cleanup)
+            await web.SockSite(admin_runner, admin_sock).start()
+            await web.SockSite(proxy_runner, proxy_sock).start()
+            gateway = cls(
+                settings,
+                state=state,
+                metrics=metrics,
+                tokens=tokens,
+                resilience=resilience,
+                rates=rates,
+                proxy=proxy,
+                listener=listener,
+                proxy_port=proxy_sock.getsockname()[1],
+                admin_port=admin_sock.getsockname()[1],
+                stack=stack.pop_all(),
+            )
         log.info(
             "listening",
             extra={
@@ -190,35 +236,53 @@ class Gateway:
                     "event": "start",
                     "version": __version__,
                     "environment": settings.environment.value,
-                    "api_url": api_url,
-                    "proxy": f"{settings.host}:{self.proxy_port}",
-                    "admin": f"{settings.admin_host}:{self.admin_port}",
+                    "api_url": settings.resolved_api_url(),
+                    "proxy": f"{settings.host}:{gateway.proxy_port}",
+                    "admin": f"{settings.admin_host}:{gateway.admin_port}",
                 }
             },
         )
+        return gateway
+
+    @property
+    def draining(self) -> bool:
+        return self.state.draining
+
+    @property
+    def inflight(self) -> int:
+        return self.state.inflight
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Drain and stop (see the module docstring for the order)."""
-        self._draining = True
+        """Drain and stop (see the module docstring for the order); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.state.draining = True
         # Every answer from now on says Connection: close, and idle keep-alive connections
         # close now, so no caller is left holding a connection the listener is about to drop.
         self.listener.start_draining()
-        log.info(
-            "draining",
-            extra={"fields": {"event": "drain", "inflight": self.proxy.inflight}},
-        )
-        await asyncio.sleep(self.settings.shutdown_grace_seconds)
-        # Closes the listener, then waits up to DRAIN_SECONDS for in-flight handlers.
-        if self._proxy_runner is not None:
-            await self._proxy_runner.cleanup()
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        for session in self._sessions:
-            await session.close()
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
+        log.info("draining", extra={"fields": {"event": "drain", "inflight": self.inflight}})
+        await asyncio.sleep(self.state.policy.shutdown_grace)
+        # Closes the listener and waits up to DRAIN_SECONDS for in-flight handlers, then
+        # undoes everything else in reverse start order.
+        await self._stack.aclose()
         log.info("stopped", extra={"fields": {"event": "stop"}})
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def caller_limits(settings: Settings) -> CallerLimits:
@@ -268,107 +332,9 @@ class AdminRunner(web.AppRunner):
         )
 
 
-@dataclass
-class SandboxServer:
-    """The simulator on its own loopback listener, for ``serve --environment sandbox``."""
-
-    runner: web.AppRunner
-    url: str
-
-    @classmethod
-    async def start(cls, host: str, port: int, token_lifetime: int) -> SandboxServer:
-        from gateway.sandbox import SandboxConfig, build_sandbox_app  # noqa: PLC0415 - optional
-
-        runner = web.AppRunner(
-            build_sandbox_app(SandboxConfig(token_lifetime_s=token_lifetime)), access_log=None
-        )
-        await runner.setup()
-        sock = listen(host, port)
-        await web.SockSite(runner, sock).start()
-        bound_host, bound_port = sock.getsockname()[:2]
-        return cls(runner, f"http://{bound_host}:{bound_port}")
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
-def with_sandbox_defaults(settings: Settings, api_url: str | None = None) -> Settings:
-    """Fill in the sandbox's demo credentials and scopes where none were configured."""
-    from gateway.sandbox import ALL_SCOPES, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET  # noqa: PLC0415
-
-    update: dict[str, object] = {}
-    if api_url is not None:
-        update["api_url"] = api_url
-    if settings.client_id is None:
-        update["client_id"] = DEMO_CLIENT_ID
-    if settings.client_secret is None and settings.client_secret_file is None:
-        from pydantic import SecretStr  # noqa: PLC0415
-
-        update["client_secret"] = SecretStr(DEMO_CLIENT_SECRET)
-    if not settings.scopes:
-        update["scopes"] = ALL_SCOPES
-    return settings.model_copy(update=update)
-
-
-@contextlib.asynccontextmanager
-async def sandbox_for(settings: Settings) -> AsyncIterator[Settings]:
-    """Yield settings ready to use, with an in-process sandbox running if they ask for one."""
-    if settings.environment is not Environment.SANDBOX:
-        yield settings
-        return
-    if not settings.uses_inprocess_sandbox:
-        yield with_sandbox_defaults(settings)
-        return
-    sandbox = await SandboxServer.start("127.0.0.1", 0, settings.sandbox_token_lifetime_seconds)
-    log.warning(
-        "SANDBOX MODE: every answer comes from the built-in EXACT simulator; the data is"
-        " simulated and no real practice is contacted",
-        extra={"fields": {"event": "sandbox", "sandbox_url": sandbox.url}},
-    )
-    try:
-        yield with_sandbox_defaults(settings, sandbox.url)
-    finally:
-        await sandbox.stop()
-
-
-def _sighup() -> None:
-    log.info(
-        "SIGHUP ignored: settings are read once at start (restart to change them); the"
-        " secret file is re-read on its own when it changes",
-        extra={"fields": {"event": "sighup"}},
-    )
-
-
-async def until_signalled() -> None:
-    """Return when the process gets SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
-
-    SIGHUP, whose default action would kill the process with no drain, is logged and ignored.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _sighup)
-    await stop.wait()
-
-
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     async with sandbox_for(settings) as effective:
-        gateway = Gateway(effective)
-        await gateway.start()
-        await until_signalled()
-        await gateway.shutdown()
-
-
-async def run_sandbox(settings: SandboxServerSettings) -> None:
-    """``exact-gateway sandbox``: the simulator alone, until SIGTERM or SIGINT."""
-    sandbox = await SandboxServer.start(
-        settings.host, settings.port, settings.token_lifetime_seconds
-    )
-    log.warning(
-        "EXACT sandbox listening: simulated data, demo client id and secret in the README",
-        extra={"fields": {"event": "sandbox", "sandbox_url": sandbox.url}},
-    )
-    await until_signalled()
-    await sandbox.stop()
+        gateway = await Gateway.start(effective)
+        async with gateway:
+            await until_signalled()

@@ -8,23 +8,18 @@ refused), 1 something could not be reached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.app import sandbox_for
-from gateway.errors import ConfigError, GatewayError
-from gateway.identity import (
-    CredentialsRejected,
-    IdentityClient,
-    TokenConfig,
-    TokenEndpointError,
-)
+from gateway.app import open_clients
+from gateway.errors import ConfigError, CredentialsRejected, GatewayError, TokenEndpointError
+from gateway.sandbox_mode import sandbox_for
 from gateway.settings import Settings
-from gateway.upstream import Upstream, build_session, request_headers
+from gateway.upstream import Upstream, request_headers
 
 OK, CONFIG_PROBLEM, UNREACHABLE = 0, 2, 1
 SUBSCRIPTIONS = "/v1/Subscriptions/active"
@@ -55,19 +50,10 @@ async def _check(settings: Settings, report: Report) -> int:
     api_url = settings.resolved_api_url()
     authority = settings.resolved_authority_url()
     report.ok("configuration", f"API {api_url}, identity server {authority}")
-    async with (
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=settings.egress.ssl_context()),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            proxy=settings.egress.proxy,
-        ) as identity,
-        build_session(
-            connect_timeout=settings.connect_timeout_seconds,
-            attempt_timeout=settings.attempt_timeout_seconds,
-            egress=settings.egress,
-        ) as api,
-    ):
-        identity_client = IdentityClient(TokenConfig.from_settings(settings), identity)
+    async with contextlib.AsyncExitStack() as stack:
+        # The same clients the gateway itself opens (one factory for serve and check).
+        clients = await open_clients(settings, settings.policies(), stack)
+        identity_client = clients.token_client
         try:
             token = await identity_client.request_token()
         except CredentialsRejected as exc:
@@ -89,9 +75,7 @@ async def _check(settings: Settings, report: Report) -> int:
             f"obtained for client {settings.client_id}, valid for {int(token.lifetime)} s,"
             f" scopes: {' '.join(settings.scopes)}",
         )
-        await _check_subscriptions(
-            Upstream(api, api_url, settings.attempt_timeout_seconds), token.value, report
-        )
+        await _check_subscriptions(clients.upstream, token.value, report)
     report.write("result: everything works" if report.code == OK else "result: NOT working")
     return report.code
 

@@ -150,7 +150,7 @@ def _run_sandbox(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, token_lifetime_seconds=args.token_lifetime
     )
     configure_logging(LogLevel.INFO, LogFormat.TEXT)
-    from gateway.app import run_sandbox  # noqa: PLC0415
+    from gateway.sandbox_mode import run_sandbox  # noqa: PLC0415
 
     asyncio.run(run_sandbox(sandbox_settings))
     return 0

@@ -9,6 +9,8 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
 
     Exception
     ├── ConfigError                      bad settings or refused credentials: stop at start-up
+    │   └── CredentialsRejected          the identity server refused our client (invalid_client...)
+    ├── TokenEndpointError               the identity server failed or answered unusably
     ├── CallerGone                       the caller went away mid-request: nothing to answer
     └── GatewayError                     answered to the caller as problem+json
         ├── BadRequest                   400 bad_request: not a request we will forward
@@ -37,6 +39,26 @@ from typing import Any, ClassVar
 
 class ConfigError(Exception):
     """Configuration the gateway cannot run with. The message names the setting, never a secret."""
+
+
+class CredentialsRejected(ConfigError):
+    """The identity server refused our client id, secret or scopes (invalid_client/_scope)."""
+
+    def __init__(self, error: str, description: str | None) -> None:
+        self.error = error
+        detail = f": {description}" if description else ""
+        super().__init__(f"the identity server refused the credentials ({error}{detail})")
+
+
+class TokenEndpointError(Exception):
+    """The identity server could not be reached or gave an unusable answer.
+
+    ``kind`` is one of ``timeout``, ``unreachable``, ``server_error``, ``bad_response``.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class CallerGone(Exception):

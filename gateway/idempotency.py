@@ -27,10 +27,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gateway.clock import Clock
 from gateway.errors import BadRequest, IdempotencyKeyInUse, IdempotencyKeyMismatch
 
 # The draft's key is an sf-string; clients send bare tokens too. Either way: short, visible
@@ -107,20 +107,20 @@ class Claim:
     fingerprint: str
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyPolicy:
+    ttl: float = 86400.0
+    max_keys: int = 10000
+    max_response_bytes: int = 65536
+    max_stored_bytes: int = 16 * 1024 * 1024
+
+
 class IdempotencyStore:
-    def __init__(
-        self,
-        *,
-        ttl: float,
-        max_keys: int,
-        max_response_bytes: int,
-        max_stored_bytes: int,
-        clock: Callable[[], float],
-    ) -> None:
-        self._ttl = ttl
-        self._max_keys = max_keys
-        self.max_response_bytes = max_response_bytes
-        self._max_stored_bytes = max_stored_bytes
+    def __init__(self, policy: IdempotencyPolicy, clock: Clock) -> None:
+        self._ttl = policy.ttl
+        self._max_keys = policy.max_keys
+        self.max_response_bytes = policy.max_response_bytes
+        self._max_stored_bytes = policy.max_stored_bytes
         self._clock = clock
         self._records: OrderedDict[str, Record] = OrderedDict()  # oldest first
         self.stored_bytes = 0
@@ -133,7 +133,7 @@ class IdempotencyStore:
 
         Raises :class:`IdempotencyKeyInUse` or :class:`IdempotencyKeyMismatch`.
         """
-        now = self._clock()
+        now = self._clock.monotonic()
         self._expire(now)
         record = self._records.get(key)
         if record is not None:

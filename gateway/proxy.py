@@ -5,10 +5,11 @@ sits in front of it: ``CONNECT`` and ``*`` targets reach the guard instead of a 
 request, in order:
 
 1. the target guard (:mod:`gateway.routes`) and the caller's ``X-Gateway-Timeout``;
-2. the concurrency limits (:mod:`gateway.bulkhead`), held for the whole request;
+2. the concurrency limits (:mod:`gateway.resilience.bulkhead`), held for the whole request;
 3. for each attempt: the breakers (:mod:`gateway.resilience`), the token, one call to EXACT;
    its outcome feeds the breakers; a retryable outcome is retried when the retry policy, the
-   deadline and the retry budget all allow it (:mod:`gateway.retry`, :mod:`gateway.budget`);
+   deadline and the retry budget all allow it (:mod:`gateway.resilience.retry`,
+   :mod:`gateway.resilience.budget`);
 4. the response streams back. Nothing is buffered but aiohttp's read buffers and, when a
    replay is possible, a small request body, so a 50 MB answer costs a few hundred kilobytes.
 
@@ -22,7 +23,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -52,8 +52,9 @@ from gateway.idempotency import (
 )
 from gateway.listener import cut_off, expect_continue, render_problem
 from gateway.metrics import Metrics
+from gateway.policies import ProxyPolicy
 from gateway.resilience import Resilience, Ticket
-from gateway.retry import decide, parse_retry_after, retry_reason
+from gateway.resilience.retry import decide, parse_retry_after, retry_reason
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
 from gateway.status import RecentRates
 from gateway.tokens import TokenSource
@@ -218,37 +219,33 @@ class Proxy:
         tokens: TokenSource,
         metrics: Metrics,
         resilience: Resilience,
+        policy: ProxyPolicy,
         *,
-        attempt_timeout: float = 30.0,
-        deadline: float = 60.0,
-        replay_buffer_bytes: int = 1024 * 1024,
-        rates: RecentRates | None = None,
+        rates: RecentRates,
         idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._idempotency = idempotency
-        self._rates = rates if rates is not None else RecentRates()
+        self._rates = rates
         self._upstream = upstream
         self._tokens = tokens
         self._metrics = metrics
         self._resilience = resilience
+        # One clock for the whole request path: the one the breakers and deadlines use.
         self._clock = resilience.clock
-        self._attempt_timeout = attempt_timeout
-        self._deadline = deadline
-        self._replay_buffer_bytes = replay_buffer_bytes
-        self.inflight = 0
+        self._attempt_timeout = policy.attempt_timeout
+        self._deadline = policy.deadline
+        self._replay_buffer_bytes = policy.replay_buffer_bytes
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         exchange = Exchange(
             request_id_for(request.headers.get("X-Request-ID")), method_label(request.method)
         )
-        self.inflight += 1
-        self._metrics.inflight.inc()
         try:
             target = parse_target(request.method, request.raw_path)
             exchange.route, exchange.practice_id = target.route, target.practice_id
             check_values(request.headers.items())
-            exchange.deadline = self._clock() + deadline_for(
+            exchange.deadline = self._clock.monotonic() + deadline_for(
                 request.headers.get("X-Gateway-Timeout"), self._deadline
             )
             body, exchange.replayable = await self._body(request)
@@ -290,9 +287,7 @@ class Proxy:
             self._metrics.rejected.labels(internal.reason).inc()
             return problem_response(internal, exchange.request_id)
         finally:
-            self.inflight -= 1
-            self._metrics.inflight.dec()
-            self._observe(exchange, time.perf_counter() - started)
+            self._observe(exchange, self._clock.monotonic() - started)
 
     def _claim(
         self,
@@ -370,8 +365,8 @@ class Proxy:
         caller_body: bytes | StreamReader | None,
     ) -> web.StreamResponse:
         body = _CallerBody(caller_body) if isinstance(caller_body, StreamReader) else caller_body
-        token = await self._tokens.get(wait=exchange.deadline - self._clock())
-        self._resilience.budget.record_request(self._clock())
+        token = await self._tokens.get(wait=exchange.deadline - self._clock.monotonic())
+        self._resilience.budget.record_request(self._clock.monotonic())
         replayed_401 = False
         retained: StoredAnswer | None = None  # the last failed answer, across a retry's wait
         while True:
@@ -438,13 +433,13 @@ class Proxy:
                 reason=reason,
                 method=request.method,
                 has_idempotency_key=exchange.keyed,
-                retry_after=parse_retry_after(hint, time.time()),
-                remaining=exchange.deadline - self._clock(),
+                retry_after=parse_retry_after(hint, self._clock.wall()),
+                remaining=exchange.deadline - self._clock.monotonic(),
                 rng=resilience.rng,
             )
             why = verdict.why
             if verdict.retry:
-                if resilience.budget.try_spend(self._clock()):
+                if resilience.budget.try_spend(self._clock.monotonic()):
                     self._metrics.retries.labels(reason).inc()
                     return verdict.wait
                 why = "budget"
@@ -462,13 +457,13 @@ class Proxy:
         body: bytes | _CallerBody | None,
     ) -> Attempt:
         """One call to EXACT, cleared with the breakers first and reported to them after."""
-        remaining = exchange.deadline - self._clock()
+        remaining = exchange.deadline - self._clock.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before EXACT answered")
         ticket = self._resilience.admit(target.practice_id)
         limit = min(self._attempt_timeout, remaining)
         headers = request_headers(request.headers, token, exchange.request_id)
-        sent = time.perf_counter()
+        sent = self._clock.monotonic()
         exchange.attempts += 1
         try:
             upstream = await self._upstream.send(
@@ -594,7 +589,9 @@ class Proxy:
 
     def _observe_attempt(self, route: str, outcome: str, sent: float) -> None:
         self._metrics.upstream_attempts.labels(route, outcome).inc()
-        self._metrics.upstream_attempt_duration.labels(route).observe(time.perf_counter() - sent)
+        self._metrics.upstream_attempt_duration.labels(route).observe(
+            self._clock.monotonic() - sent
+        )
 
     def _observe(self, exchange: Exchange, elapsed: float) -> None:
         self._rates.record(

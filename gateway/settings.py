@@ -34,8 +34,13 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from gateway.credentials import TokenConfig
 from gateway.egress import Egress, check_ca_bundle, check_proxy_url
 from gateway.errors import ConfigError
+from gateway.idempotency import IdempotencyPolicy
+from gateway.policies import LifecyclePolicy, Policies, ProxyPolicy
+from gateway.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
+from gateway.tokens import TokenPolicy
 
 ENV_PREFIX = "EXACT_GATEWAY_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
@@ -339,6 +344,76 @@ class Settings(BaseSettings):
         return self
 
     # -- derived values -------------------------------------------------------------------
+
+    def policies(self) -> Policies:
+        """The settings as the frozen values the parts of the gateway take (built once)."""
+        jitter = self.breaker_open_jitter
+        return Policies(
+            resilience=ResiliencePolicy(
+                retry=RetryPolicy(
+                    max_attempts=self.retry_max_attempts,
+                    backoff_base=self.retry_backoff_base_seconds,
+                    backoff_max=self.retry_backoff_max_seconds,
+                    retry_after_max=self.retry_after_max_seconds,
+                ),
+                budget_ratio=self.retry_budget_ratio,
+                budget_floor=self.retry_budget_min_retries,
+                budget_window=self.retry_budget_window_seconds,
+                practice_concurrency=self.practice_concurrency,
+                global_concurrency=self.global_concurrency,
+                breaker=BreakerPolicy(
+                    consecutive=self.breaker_consecutive_failures,
+                    ratio=self.breaker_failure_ratio,
+                    min_calls=self.breaker_min_calls,
+                    window=self.breaker_window_seconds,
+                    open_base=self.breaker_open_seconds,
+                    open_max=self.breaker_open_max_seconds,
+                    jitter=jitter,
+                ),
+                breaker_max_entries=self.breaker_max_entries,
+                breaker_idle=self.breaker_idle_seconds,
+                upstream=BreakerPolicy(
+                    consecutive=self.upstream_breaker_failures,
+                    ratio=1.0,
+                    min_calls=2**31,  # consecutive failures only
+                    window=self.upstream_breaker_window_seconds,
+                    open_base=self.upstream_breaker_open_seconds,
+                    open_max=self.upstream_breaker_open_max_seconds,
+                    jitter=jitter,
+                ),
+                upstream_practices=self.upstream_breaker_practices,
+                upstream_practice_ratio=self.upstream_breaker_practice_ratio,
+                upstream_window=self.upstream_breaker_window_seconds,
+            ),
+            tokens=TokenPolicy(
+                retry_base=self.token_retry_base_seconds, retry_cap=self.token_retry_max_seconds
+            ),
+            credentials=TokenConfig(
+                client_id=self.client_id or "",
+                client_secret=self.client_secret,
+                client_secret_file=self.client_secret_file,
+                scopes=self.scopes,
+                authority_url=self.resolved_authority_url(),
+                token_url=self.token_url,
+                timeout=self.token_timeout_seconds,
+            ),
+            idempotency=IdempotencyPolicy(
+                ttl=self.idempotency_ttl_seconds,
+                max_keys=self.idempotency_max_keys,
+                max_response_bytes=self.idempotency_max_response_bytes,
+                max_stored_bytes=self.idempotency_max_stored_bytes,
+            ),
+            proxy=ProxyPolicy(
+                attempt_timeout=self.attempt_timeout_seconds,
+                deadline=self.deadline_seconds,
+                replay_buffer_bytes=self.replay_buffer_bytes,
+            ),
+            lifecycle=LifecyclePolicy(
+                shutdown_grace=self.shutdown_grace_seconds,
+                drain=self.drain_seconds,
+                ready_requires_usable_token=self.ready_requires_usable_token,
+            ),
+        )
 
     @property
     def egress(self) -> Egress:

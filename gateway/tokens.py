@@ -37,17 +37,14 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.backoff import backoff_ceiling, full_jitter
-from gateway.errors import ConfigError, TokenUnavailable
-from gateway.identity import CredentialsRejected, Grant, TokenConfig, TokenEndpointError
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.credentials import TokenConfig
+from gateway.errors import ConfigError, CredentialsRejected, TokenEndpointError, TokenUnavailable
 from gateway.metrics import Metrics
-
-Sleep = Callable[[float], Awaitable[None]]
+from gateway.resilience.backoff import backoff_ceiling, full_jitter
 
 log = logging.getLogger("exact_gateway.tokens")
 
@@ -120,8 +117,16 @@ class AccessToken:
         return now < self.usable_until
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A token as the identity server issued it."""
+
+    value: str = field(repr=False)
+    lifetime: float
+
+
 class Identity(Protocol):
-    """What the token source needs from the identity server (see :mod:`gateway.identity`)."""
+    """What the token source needs from the identity server (see :mod:`gateway.token_client`)."""
 
     config: TokenConfig
 
@@ -140,17 +145,13 @@ class TokenSource:
         metrics: Metrics,
         policy: TokenPolicy | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
-        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._identity = identity
-        self._sleep = sleep
         self._metrics = metrics
         self.policy = policy if policy is not None else TokenPolicy()
         self._clock = clock
-        self._wall_clock = wall_clock
         # Jitter, not secrecy: an ordinary PRNG, seeded from the OS so replicas differ.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
         self._token: AccessToken | None = None
@@ -176,12 +177,12 @@ class TokenSource:
     # -- what requests use ------------------------------------------------------------------
 
     def has_usable_token(self) -> bool:
-        return self._token is not None and self._token.usable(self._clock())
+        return self._token is not None and self._token.usable(self._clock.monotonic())
 
     async def get(self, wait: float | None = None) -> str:
         """A usable token; waits (up to ``wait`` seconds) only when none is held."""
         token = self._token
-        now = self._clock()
+        now = self._clock.monotonic()
         if token is not None and token.usable(now):
             return token.value
         if self._inflight is None and self._retry_at is not None and now < self._retry_at:
@@ -195,7 +196,8 @@ class TokenSource:
                 "timed out waiting for an access token from the identity server", retry_after=1
             ) from None
         except (ConfigError, TokenEndpointError):
-            retry_in = (self._retry_at - self._clock()) if self._retry_at is not None else 1.0
+            now = self._clock.monotonic()
+            retry_in = (self._retry_at - now) if self._retry_at is not None else 1.0
             raise self._unavailable(retry_in) from None
 
     async def replace(self, rejected: str) -> str | None:
@@ -203,7 +205,7 @@ class TokenSource:
 
         Raises :class:`TokenUnavailable` when no token can be had at all.
         """
-        now = self._clock()
+        now = self._clock.monotonic()
         current = self._token
         if current is not None and current.usable(now):
             if current.value != rejected:
@@ -256,10 +258,10 @@ class TokenSource:
 
     async def _fetch(self) -> AccessToken:
         # Rate limit: inside the single flight, so every waiter shares the one pause.
-        pause = self._last_fetch_started + self.policy.min_fetch_interval - self._clock()
+        pause = self._last_fetch_started + self.policy.min_fetch_interval - self._clock.monotonic()
         if pause > 0:
-            await self._sleep(pause)
-        started = self._last_fetch_started = self._clock()
+            await self._clock.sleep(pause)
+        started = self._last_fetch_started = self._clock.monotonic()
         result = "success"
         try:
             grant = await self._identity.request_token()
@@ -282,11 +284,11 @@ class TokenSource:
             raise TokenEndpointError("bad_response", "unexpected token error") from exc
         finally:
             self._metrics.token_requests.labels(result).inc()
-            self._metrics.token_request_duration.observe(self._clock() - started)
+            self._metrics.token_request_duration.observe(self._clock.monotonic() - started)
         return self._succeeded(grant)
 
     def _succeeded(self, grant: Grant) -> AccessToken:
-        now = self._clock()
+        now = self._clock.monotonic()
         self._generation += 1
         lifetime = max(grant.lifetime, self.policy.min_lifetime)
         self._lifetime_floored = lifetime != grant.lifetime
@@ -307,7 +309,7 @@ class TokenSource:
             generation=self._generation,
             obtained_at=now,
             lifetime=lifetime,
-            expires_at_unix=self._wall_clock() + lifetime,
+            expires_at_unix=self._clock.wall() + lifetime,
         )
         self._token = token
         self._refresh_at = now + self.policy.refresh_delay(lifetime, self._rng)
@@ -334,7 +336,7 @@ class TokenSource:
         return token
 
     def _failed(self, message: str, *, refused: bool) -> None:
-        now = self._clock()
+        now = self._clock.monotonic()
         self._failures += 1
         self._refused = refused
         delay = self.policy.retry_delay(self._failures, refused, self._rng)
@@ -395,7 +397,7 @@ class TokenSource:
         self._secret_stamp = stamp
         log.info("client secret file changed", extra={"fields": {"event": "secret_changed"}})
         if self._retry_at is not None:
-            self._retry_at = self._clock()
+            self._retry_at = self._clock.monotonic()
             self._wake.set()
         return True
 
@@ -403,9 +405,9 @@ class TokenSource:
         """Fetch at start, refresh before expiry, retry with backoff; until cancelled."""
         while True:
             self._wake.clear()
-            await self._pause(self.next_wakeup(self._clock()))
+            await self._pause(self.next_wakeup(self._clock.monotonic()))
             self.secret_file_changed()
-            if self.due(self._clock()):
+            if self.due(self._clock.monotonic()):
                 # Failures are recorded, logged and scheduled by _fetch; nothing to add here.
                 with contextlib.suppress(ConfigError, TokenEndpointError):
                     await self.refresh()
@@ -414,7 +416,7 @@ class TokenSource:
         """Sleep ``seconds``, or less if the schedule changes meanwhile."""
         if self._wake.is_set():
             return
-        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
         waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
@@ -430,7 +432,7 @@ class TokenSource:
 
     def status(self) -> dict[str, Any]:
         """Token state for ``/token`` and ``/readyz``: timings only, never the token."""
-        now = self._clock()
+        now = self._clock.monotonic()
         token = self._token
         body: dict[str, Any] = {
             "client_id": self._identity.config.client_id,

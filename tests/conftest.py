@@ -26,13 +26,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.app import Gateway, with_sandbox_defaults
+from gateway.app import Gateway
 from gateway.sandbox import (
     DEMO_CLIENT_SECRET,
     LIMITED_CLIENT_SECRET,
     SandboxConfig,
     build_sandbox_app,
 )
+from gateway.sandbox_mode import with_sandbox_defaults
 from gateway.settings import Settings, load_settings
 from gateway.tokens import TokenPolicy
 from tests.audit import AUDIT
@@ -189,8 +190,9 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     started: list[Gateway] = []
 
     async def start(settings: Settings, token_policy: TokenPolicy | None = None) -> Gateway:
-        gateway = Gateway(settings, registry=CollectorRegistry(), token_policy=token_policy)
-        await gateway.start()
+        gateway = await Gateway.start(
+            settings, registry=CollectorRegistry(), token_policy=token_policy
+        )
         started.append(gateway)
         return gateway
 

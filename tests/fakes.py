@@ -12,10 +12,14 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
+# 2026-01-01T00:00:00Z: wall times in tests look like real ones.
+WALL_EPOCH = 1767225600.0
+
 
 @dataclass
 class FakeClock:
-    """A monotonic clock that moves only when told, with a ``sleep`` that follows it.
+    """A :class:`gateway.clock.Clock` that moves only when told, with a ``sleep`` that
+    follows it.
 
     ``sleep(s)`` returns once :meth:`advance` has moved time past its end; until then it is
     an ordinary pending future, so cancelling it (as ``asyncio.wait`` does) is harmless.
@@ -27,6 +31,13 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        """Wall time moves with the monotonic time, from a fixed epoch offset."""
+        return WALL_EPOCH + self.now
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:

@@ -282,7 +282,7 @@ async def test_a_stalled_upload_is_the_callers_fault_not_the_practices(
     assert state["practices"] == []
     breaker = gateway.resilience.breakers.get("UKSLOWCALLER")
     assert breaker.consecutive_failures == 0
-    assert breaker.window_counts(gateway.resilience.clock()) == (0, 0)
+    assert breaker.window_counts(gateway.resilience.clock.monotonic()) == (0, 0)
     async with aiohttp.ClientSession() as client:
         async with client.get(proxy_url(gateway, "/v1/Practices/UKSLOWCALLER/details")) as r:
             assert r.status == 200

@@ -373,10 +373,10 @@ async def test_caller_leaving_mid_stream_leaves_gateway_healthy(
         async with client.get(proxy_url(gateway, "/v1/Practices/UKTEST1/details")) as resp:
             assert await resp.json() == {"ok": 2}
     for _ in range(50):
-        if gateway.proxy.inflight == 0:
+        if gateway.inflight == 0:
             break
         await asyncio.sleep(0.05)
-    assert gateway.proxy.inflight == 0
+    assert gateway.inflight == 0
     assert not [r for r in caplog.records if r.getMessage() == "unexpected error"]
     hung_up = gateway.metrics.registry.get_sample_value(
         "exact_gateway_requests_total",

@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
+from gateway.credentials import basic_credentials
 from gateway.errors import BadRequest, TokenUnavailable, UpstreamTimeout, UpstreamUnreachable
-from gateway.identity import basic_credentials
 from gateway.tokens import AccessToken, safety_margin
 
 

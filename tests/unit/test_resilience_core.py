@@ -9,7 +9,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from gateway.breaker import (
+from gateway.errors import GatewayBusy, PracticeBusy, UpstreamTimeout, UpstreamUnreachable
+from gateway.resilience.breaker import (
     Breaker,
     BreakerPolicy,
     BreakerTable,
@@ -17,10 +18,9 @@ from gateway.breaker import (
     PracticeOutcomes,
     State,
 )
-from gateway.budget import RetryBudget
-from gateway.bulkhead import Bulkhead
-from gateway.errors import GatewayBusy, PracticeBusy, UpstreamTimeout, UpstreamUnreachable
-from gateway.retry import RetryPolicy, decide, parse_retry_after, retry_reason
+from gateway.resilience.budget import RetryBudget
+from gateway.resilience.bulkhead import Bulkhead
+from gateway.resilience.retry import RetryPolicy, decide, parse_retry_after, retry_reason
 from tests.fakes import FakeClock
 
 FAIL, OK, NEUTRAL = Observation.FAILURE, Observation.SUCCESS, Observation.NEUTRAL

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.errors import TokenUnavailable
-from gateway.identity import Grant, TokenConfig, TokenEndpointError
+from gateway.credentials import TokenConfig
+from gateway.errors import TokenEndpointError, TokenUnavailable
 from gateway.metrics import build_metrics
-from gateway.tokens import TokenPolicy, TokenSource
+from gateway.tokens import Grant, TokenPolicy, TokenSource
 from tests.fakes import FakeClock, settle
 
 CONFIG = TokenConfig(
@@ -61,9 +61,7 @@ def source_for(identity: MoodyIdentity, clock: FakeClock, seed: int) -> TokenSou
         build_metrics("test", CollectorRegistry()),
         TokenPolicy(retry_base=1.0, retry_cap=60.0),
         clock=clock,
-        wall_clock=clock,
         rng=random.Random(seed),
-        sleep=clock.sleep,
     )
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.errors import TokenUnavailable
-from gateway.identity import CredentialsRejected, Grant, TokenConfig, TokenEndpointError
+from gateway.credentials import TokenConfig
+from gateway.errors import CredentialsRejected, TokenEndpointError, TokenUnavailable
 from gateway.metrics import build_metrics
-from gateway.tokens import TokenPolicy, TokenSource
+from gateway.tokens import Grant, TokenPolicy, TokenSource
 from tests.fakes import FakeClock
 
 
@@ -64,7 +64,6 @@ def make_source(
         build_metrics("test", CollectorRegistry()),
         policy,
         clock=identity.clock,
-        wall_clock=identity.clock,
         rng=random.Random(seed),
     )
 

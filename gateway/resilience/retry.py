@@ -23,8 +23,8 @@ import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from gateway.backoff import full_jitter
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
+from gateway.resilience.backoff import full_jitter
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # The least time worth starting an attempt with: below it, the retry cannot finish.

@@ -23,20 +23,15 @@ carry is refused here, once, instead of failing every request later.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pydantic import SecretStr
 from yarl import URL
 
-from gateway.errors import ConfigError
-from gateway.settings import Settings
+from gateway.credentials import TokenConfig, basic_credentials
+from gateway.errors import CredentialsRejected, TokenEndpointError
+from gateway.tokens import Grant
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 # Used when a token response omits expires_in: short, so a wrong guess costs little.
@@ -49,91 +44,7 @@ B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN_BYTES = 8192
 
 
-class CredentialsRejected(ConfigError):
-    """The identity server refused our client id, secret or scopes (invalid_client/_scope)."""
-
-    def __init__(self, error: str, description: str | None) -> None:
-        self.error = error
-        detail = f": {description}" if description else ""
-        super().__init__(f"the identity server refused the credentials ({error}{detail})")
-
-
-class TokenEndpointError(Exception):
-    """The identity server could not be reached or gave an unusable answer.
-
-    ``kind`` is one of ``timeout``, ``unreachable``, ``server_error``, ``bad_response``.
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A token as the identity server issued it."""
-
-    value: str = field(repr=False)
-    lifetime: float
-
-
-def basic_credentials(client_id: str, secret: str) -> str:
-    """``Basic base64(client_id:client_secret)``, exactly as EXACT's documentation builds it."""
-    raw = f"{client_id}:{secret}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
-@dataclass(frozen=True, slots=True)
-class TokenConfig:
-    client_id: str
-    client_secret: SecretStr | None
-    client_secret_file: Path | None
-    scopes: tuple[str, ...]
-    authority_url: str
-    token_url: str | None
-    timeout: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TokenConfig:
-        return cls(
-            client_id=settings.client_id or "",
-            client_secret=settings.client_secret,
-            client_secret_file=settings.client_secret_file,
-            scopes=settings.scopes,
-            authority_url=settings.resolved_authority_url(),
-            token_url=settings.token_url,
-            timeout=settings.token_timeout_seconds,
-        )
-
-    async def read_secret(self) -> str:
-        """The current secret. The file is read at each fetch, so a rotated Secret is used."""
-        if self.client_secret_file is not None:
-            try:
-                text = await asyncio.to_thread(self.client_secret_file.read_text, "utf-8")
-            except OSError as exc:
-                raise ConfigError(
-                    f"EXACT_GATEWAY_CLIENT_SECRET_FILE: cannot read the file ({exc.strerror})"
-                ) from None
-            secret = text.strip()
-            if not secret:
-                raise ConfigError("EXACT_GATEWAY_CLIENT_SECRET_FILE: the file is empty")
-            return secret
-        if self.client_secret is None:
-            raise ConfigError("EXACT_GATEWAY_CLIENT_SECRET: not set")
-        return self.client_secret.get_secret_value()
-
-    def secret_file_stamp(self) -> tuple[int, int, int] | None:
-        """What changes when the secret file is replaced (Kubernetes swaps a symlink)."""
-        if self.client_secret_file is None:
-            return None
-        try:
-            stat = os.stat(self.client_secret_file)
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-
-class IdentityClient:
+class TokenClient:
     """Discovers the token endpoint and requests client-credentials tokens."""
 
     def __init__(self, config: TokenConfig, session: aiohttp.ClientSession) -> None:
@@ -142,7 +53,7 @@ class IdentityClient:
         self._token_endpoint: str | None = config.token_url
 
     def __repr__(self) -> str:
-        return f"<IdentityClient client_id={self.config.client_id!r}>"
+        return f"<TokenClient client_id={self.config.client_id!r}>"
 
     @property
     def token_endpoint(self) -> str | None:

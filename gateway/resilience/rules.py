@@ -1,9 +1,10 @@
 """The gateway's defences, wired together: breakers, budget, bulkhead, and what each outcome
 means for them.
 
-The state machines live in :mod:`gateway.breaker`, :mod:`gateway.budget`,
-:mod:`gateway.bulkhead` and :mod:`gateway.retry`; this module decides which of them an
-attempt's outcome concerns (shared/product.md, "Resilience semantics"):
+The state machines live beside it in this package (:mod:`~gateway.resilience.breaker`,
+:mod:`~gateway.resilience.budget`, :mod:`~gateway.resilience.bulkhead`,
+:mod:`~gateway.resilience.retry`); this module decides which of them an attempt's outcome
+concerns (the contract's resilience semantics, restated in ``docs/semantics.md``):
 
 =====================================  ==================  ============================
 outcome of an attempt                  practice breaker    partner-wide ("upstream")
@@ -17,9 +18,9 @@ cannot connect / TLS / connection lost neutral             failure
 [1] Unless the partner-wide breaker opened because most of the distinct practices attempted
 failed together (EXACT's relay failing, not the practices): then a 503/504 probe keeps it open.
 
-"Most" is relative on purpose (:class:`gateway.breaker.PracticeOutcomes`): a nightly batch
-that touches a few closed surgeries among many healthy practices is not an EXACT outage and
-must never cut off the healthy ones. When a correlated failure is detected, the practice
+"Most" is relative on purpose (:class:`~gateway.resilience.breaker.PracticeOutcomes`): a
+nightly batch that touches a few closed surgeries among many healthy practices is not an EXACT
+outage and must never cut off the healthy ones. When a correlated failure is detected, the practice
 breakers that opened in the same window are reset: one EXACT outage must not look like a
 thousand practice outages.
 
@@ -31,15 +32,13 @@ from __future__ import annotations
 
 import logging
 import random
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-from gateway.breaker import (
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import CircuitOpen, GatewayError, UpstreamCircuitOpen, UpstreamTimeout
+from gateway.metrics import Metrics
+from gateway.resilience.breaker import (
     Admission,
     Breaker,
     BreakerPolicy,
@@ -48,17 +47,13 @@ from gateway.breaker import (
     PracticeOutcomes,
     State,
 )
-from gateway.budget import RetryBudget
-from gateway.bulkhead import Bulkhead
-from gateway.errors import CircuitOpen, GatewayError, UpstreamCircuitOpen, UpstreamTimeout
-from gateway.metrics import Metrics
-from gateway.retry import RetryPolicy, parse_retry_after
-from gateway.settings import Settings
+from gateway.resilience.budget import RetryBudget
+from gateway.resilience.bulkhead import Bulkhead
+from gateway.resilience.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger("exact_gateway.breaker")
 
 UPSTREAM = "upstream"
-_STATE_VALUE = {State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 2}
 _FAILURE_STATUSES = frozenset({503, 504})
 
 
@@ -71,78 +66,71 @@ class Ticket:
     upstream_probe: bool
 
 
+# Frozen values, so one instance can be every policy's default.
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_PRACTICE_BREAKER = BreakerPolicy()
+DEFAULT_UPSTREAM_BREAKER = BreakerPolicy(
+    consecutive=5, ratio=1.0, min_calls=2**31, window=10.0, open_base=5.0, open_max=60.0
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResiliencePolicy:
+    """Every number of the defences, as one frozen value (built once from the settings)."""
+
+    retry: RetryPolicy = DEFAULT_RETRY
+    budget_ratio: float = 0.2
+    budget_floor: int = 3
+    budget_window: float = 10.0
+    practice_concurrency: int = 10
+    global_concurrency: int = 10000
+    breaker: BreakerPolicy = DEFAULT_PRACTICE_BREAKER
+    breaker_max_entries: int = 5000
+    breaker_idle: float = 3600.0
+    upstream: BreakerPolicy = DEFAULT_UPSTREAM_BREAKER
+    upstream_practices: int = 20
+    upstream_practice_ratio: float = 0.8
+    upstream_window: float = 10.0
+
+
 class Resilience:
     """Everything that decides whether, and how often, a request goes to EXACT."""
 
     def __init__(
         self,
-        settings: Settings,
+        policy: ResiliencePolicy,
         metrics: Metrics,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
     ) -> None:
         self._metrics = metrics
         self.clock = clock
-        self.wall_clock = wall_clock
         # Jitter, not secrecy: an ordinary PRNG, seeded from the OS so replicas differ.
         self.rng = rng if rng is not None else random.Random()  # noqa: S311
-        self.retry = RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            backoff_base=settings.retry_backoff_base_seconds,
-            backoff_max=settings.retry_backoff_max_seconds,
-            retry_after_max=settings.retry_after_max_seconds,
-        )
-        self.budget = RetryBudget(
-            settings.retry_budget_ratio,
-            settings.retry_budget_min_retries,
-            settings.retry_budget_window_seconds,
-        )
-        self.bulkhead = Bulkhead(settings.practice_concurrency, settings.global_concurrency)
+        self.retry = policy.retry
+        self.budget = RetryBudget(policy.budget_ratio, policy.budget_floor, policy.budget_window)
+        self.bulkhead = Bulkhead(policy.practice_concurrency, policy.global_concurrency)
         self.breakers = BreakerTable(
-            BreakerPolicy(
-                consecutive=settings.breaker_consecutive_failures,
-                ratio=settings.breaker_failure_ratio,
-                min_calls=settings.breaker_min_calls,
-                window=settings.breaker_window_seconds,
-                open_base=settings.breaker_open_seconds,
-                open_max=settings.breaker_open_max_seconds,
-                jitter=settings.breaker_open_jitter,
-            ),
-            max_entries=settings.breaker_max_entries,
-            idle=settings.breaker_idle_seconds,
-            clock=clock,
+            policy.breaker,
+            max_entries=policy.breaker_max_entries,
+            idle=policy.breaker_idle,
+            clock=clock.monotonic,
             rng=self.rng,
             on_transition=self._transition,
         )
-        self.upstream = Breaker(
-            UPSTREAM,
-            BreakerPolicy(
-                consecutive=settings.upstream_breaker_failures,
-                ratio=1.0,
-                min_calls=2**31,  # consecutive failures only
-                window=settings.upstream_breaker_window_seconds,
-                open_base=settings.upstream_breaker_open_seconds,
-                open_max=settings.upstream_breaker_open_max_seconds,
-                jitter=settings.breaker_open_jitter,
-            ),
-            self.rng,
-            self._transition,
-        )
+        self.upstream = Breaker(UPSTREAM, policy.upstream, self.rng, self._transition)
         self._correlated = PracticeOutcomes(
-            settings.upstream_breaker_practices,
-            settings.upstream_breaker_practice_ratio,
-            settings.upstream_breaker_window_seconds,
+            policy.upstream_practices, policy.upstream_practice_ratio, policy.upstream_window
         )
-        self._upstream_window = settings.upstream_breaker_window_seconds
+        self._upstream_window = policy.upstream_window
         self._upstream_opened_for = ""
 
     # -- admission --------------------------------------------------------------------------
 
     def admit(self, practice_id: str | None) -> Ticket:
         """Clear an attempt with the breakers, or raise the 503 that says which one is open."""
-        now = self.clock()
+        now = self.clock.monotonic()
         breaker = None
         practice_probe = False
         if practice_id is not None:
@@ -160,7 +148,7 @@ class Resilience:
 
     def opened_by(self, ticket: Ticket) -> GatewayError | None:
         """If the attempt just observed opened a breaker, the error that says so."""
-        now = self.clock()
+        now = self.clock.monotonic()
         practice = ticket.practice
         if practice is not None and practice.state is State.OPEN:
             return _practice_open(practice.key, practice.open_until - now)
@@ -188,7 +176,7 @@ class Resilience:
 
         ``retry_after`` is EXACT's ``Retry-After`` header on the answer, if any.
         """
-        now = self.clock()
+        now = self.clock.monotonic()
         practice = ticket.practice
         waited_on_practice = (
             practice is not None and isinstance(error, UpstreamTimeout) and not error.connecting
@@ -201,7 +189,7 @@ class Resilience:
             self._observe_upstream(now, _verdict(failed), ticket.upstream_probe)
             return
         practice_failed = waited_on_practice or status in _FAILURE_STATUSES
-        hint = parse_retry_after(retry_after, self.wall_clock()) if practice_failed else None
+        hint = parse_retry_after(retry_after, self.clock.wall()) if practice_failed else None
         practice.record(
             now, _verdict(practice_failed), probe=ticket.practice_probe, retry_after=hint
         )
@@ -252,8 +240,8 @@ class Resilience:
 
     def breaker_status(self) -> dict[str, Any]:
         """``/breakers``: every breaker that is not closed, and how many are."""
-        now = self.clock()
-        wall = time.time()
+        now = self.clock.monotonic()
+        wall = self.clock.wall()
         return {
             "upstream": {
                 key: value
@@ -305,34 +293,3 @@ def _describe(breaker: Breaker, now: float, wall: float) -> dict[str, Any]:
         entry["next_probe_in_seconds"] = round(max(0.0, breaker.open_until - now), 3)
         entry["probe_in_flight"] = breaker.probe_in_flight
     return entry
-
-
-class BreakerCollector(Collector):
-    """Breaker states computed at scrape time, with bounded labels: a series per practice
-    only while its breaker is not closed, and counts for the rest."""
-
-    def __init__(self, resilience: Resilience) -> None:
-        self._resilience = resilience
-
-    def collect(self) -> Iterator[Metric]:
-        per_practice = GaugeMetricFamily(
-            "exact_gateway_circuit_breaker_state",
-            "State of each practice breaker that is not closed (1 open, 2 half-open).",
-            labels=["practice_id"],
-        )
-        for breaker in self._resilience.breakers.not_closed():
-            per_practice.add_metric([breaker.key], _STATE_VALUE[breaker.state])
-        yield per_practice
-        counts = GaugeMetricFamily(
-            "exact_gateway_circuit_breakers",
-            "Practice breakers held, by state.",
-            labels=["state"],
-        )
-        for state, count in self._resilience.breakers.counts().items():
-            counts.add_metric([state], count)
-        yield counts
-        yield GaugeMetricFamily(
-            "exact_gateway_upstream_circuit_breaker_state",
-            "State of the partner-wide breaker (0 closed, 1 open, 2 half-open).",
-            value=_STATE_VALUE[self._resilience.upstream.state],
-        )

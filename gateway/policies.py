@@ -1,0 +1,44 @@
+"""The settings turned into frozen policy values, once, for the parts that use them.
+
+The core (resilience, tokens, idempotency, the request path's numbers) never imports the
+settings module: it takes these values. :meth:`gateway.settings.Settings.policies` builds them
+at start-up, so a setting is parsed and checked in exactly one place, and a test builds a
+policy directly without going through the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.credentials import TokenConfig
+from gateway.idempotency import IdempotencyPolicy
+from gateway.resilience import ResiliencePolicy
+from gateway.tokens import TokenPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPolicy:
+    """The request path's own numbers (README "Configuration" says why each default)."""
+
+    attempt_timeout: float = 30.0
+    deadline: float = 60.0
+    replay_buffer_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LifecyclePolicy:
+    """Readiness and shutdown (README "Shutdown")."""
+
+    shutdown_grace: float = 2.0
+    drain: float = 20.0
+    ready_requires_usable_token: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    resilience: ResiliencePolicy
+    tokens: TokenPolicy
+    credentials: TokenConfig
+    idempotency: IdempotencyPolicy
+    proxy: ProxyPolicy
+    lifecycle: LifecyclePolicy
