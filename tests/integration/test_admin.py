@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
-from tests.conftest import (
+from tests.fakes import (
     CLIENT_SECRET,
     GatewayFactory,
     ScriptedUpstream,

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.admin_access import AdminAccess, host_name
 from gateway.app import Gateway
-from tests.conftest import GatewayFactory, ScriptedUpstream, admin_url, gateway_settings
+from tests.fakes import GatewayFactory, ScriptedUpstream, admin_url, gateway_settings
 
 INTROSPECTION = ("/", "/status", "/token", "/breakers", "/practices", "/practices/UKTEST1")
 OPEN = ("/healthz", "/readyz", "/metrics")

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import ScriptedUpstream, process_env, spawn_gateway, wait_until
+from tests.fakes import ScriptedUpstream, process_env, spawn_gateway, wait_until
 
 MIB = 1024 * 1024
 CHART_MEMORY_LIMIT_MIB = 256  # helm/exact-gateway values: resources.limits.memory

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.sandbox import DEMO_CLIENT_ID, SandboxConfig, build_sandbox_app
 from tests.audit import AUDIT
-from tests.conftest import spawn_gateway
+from tests.fakes import spawn_gateway
 
 AUDIT.secrets.update({"do-not-print-me", "wrong-secret-value"})
 

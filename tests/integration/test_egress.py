@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from gateway.errors import ConfigError
 from gateway.settings import load_settings
 from tests.audit import AUDIT
-from tests.conftest import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url
+from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url
 
 PROXY_USER, PROXY_PASSWORD = "egress-user", "egress-pa55-7d1e"
 # The run-wide leak audit fails if the proxy password shows up in any log line or metric.

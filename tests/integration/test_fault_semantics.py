@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.app import Gateway
-from tests.conftest import (
+from tests.fakes import (
     GatewayFactory,
     SandboxFactory,
     SandboxGatewayFactory,

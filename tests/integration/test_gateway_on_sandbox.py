@@ -6,7 +6,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from gateway.app import Gateway
-from tests.conftest import proxy_url
+from tests.fakes import proxy_url
 
 
 async def control(sandbox: TestServer, path: str) -> dict[str, object]:

@@ -10,7 +10,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import CLIENT_SECRET, ScriptedUpstream, process_env, spawn_gateway
+from tests.fakes import CLIENT_SECRET, ScriptedUpstream, process_env, spawn_gateway
 
 MIB = 1024 * 1024
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Gateway
-from tests.conftest import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url
+from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url
 
 
 async def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -22,7 +22,7 @@ import aiohttp
 
 from gateway.settings import SandboxServerSettings, Settings
 from tests.audit import AUDIT
-from tests.conftest import spawn_gateway, wait_until
+from tests.fakes import spawn_gateway, wait_until
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import Gateway
-from tests.conftest import (
+from tests.fakes import (
     GatewayFactory,
     SandboxFactory,
     SandboxGatewayFactory,

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import Gateway
 from gateway.sandbox import DEMO_CLIENT_SECRET
 from gateway.tokens import TokenPolicy
-from tests.conftest import (
+from tests.fakes import (
     FAST_TOKENS,
     GatewayFactory,
     SandboxFactory,

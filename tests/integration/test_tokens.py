@@ -8,7 +8,7 @@ import base64
 import aiohttp
 
 from gateway.tokens import TokenPolicy
-from tests.conftest import (
+from tests.fakes import (
     CLIENT_ID,
     CLIENT_SECRET,
     GatewayFactory,

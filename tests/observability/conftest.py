@@ -11,7 +11,7 @@ import pytest
 from yarl import URL
 
 from gateway.app import Gateway
-from tests.conftest import SandboxFactory, SandboxGatewayFactory, admin_url, proxy_url
+from tests.fakes import SandboxFactory, SandboxGatewayFactory, admin_url, proxy_url
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 RULES = CONFIG / "prometheus" / "exact-gateway-rules.yml"

@@ -14,7 +14,7 @@ from yarl import URL
 
 from gateway.metrics import ATTEMPT_BUCKETS, REQUEST_BUCKETS
 from gateway.routes import KNOWN_METHODS
-from tests.conftest import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url
+from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url
 from tests.observability.conftest import scrape
 
 REQUESTS = 10_000

@@ -10,7 +10,7 @@ import aiohttp
 
 from gateway.app import Gateway
 from gateway.settings import SandboxServerSettings, Settings
-from tests.conftest import admin_url
+from tests.fakes import admin_url
 from tests.observability.conftest import sample_names, scrape
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.sandbox import DEMO_CLIENT_SECRET
-from tests.conftest import (
+from tests.fakes import (
     SandboxFactory,
     SandboxGatewayFactory,
     admin_url,
