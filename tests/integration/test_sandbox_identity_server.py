@@ -21,19 +21,13 @@ from gateway.sandbox import (
     SandboxConfig,
     build_sandbox_app,
 )
+from tests.fakes import FakeClock
 
 Client = TestClient[web.Request, web.Application]
 DETAILS = "/v1/Practices/UKTEST1/details"
 
 
-class FakeClock:
-    """A wall clock that only moves when told to."""
-
-    def __init__(self, now: float = 1_714_550_400.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+SANDBOX_EPOCH = 1_714_550_400.0  # the sandbox's data epoch (2024-05-01)
 
 
 def basic(client_id: str = DEMO_CLIENT_ID, secret: str = DEMO_CLIENT_SECRET) -> dict[str, str]:
@@ -45,7 +39,7 @@ def basic(client_id: str = DEMO_CLIENT_ID, secret: str = DEMO_CLIENT_SECRET) -> 
 @pytest.fixture
 def clock() -> FakeClock:
     """The sandbox's injected wall clock."""
-    return FakeClock()
+    return FakeClock(SANDBOX_EPOCH)
 
 
 @pytest.fixture

@@ -18,22 +18,13 @@ from gateway.ledger import (
     PracticeState,
     classify,
 )
+from tests.fakes import FakeClock
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 
 
-class Clock:
-    """A wall clock the test moves."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def ledger(**policy: float) -> tuple[Ledger, Clock]:
-    clock = Clock()
+def ledger(**policy: float) -> tuple[Ledger, FakeClock]:
+    clock = FakeClock(T0)
     return Ledger(LedgerPolicy(**policy), clock), clock  # type: ignore[arg-type]
 
 

@@ -8,18 +8,12 @@ import json
 import pytest
 
 from gateway.sandbox.tokens import TokenAuthority, TokenError
+from tests.fakes import FakeClock
 
 KEY = b"k" * 32
 
 
-class FakeClock:
-    """A wall clock that only moves when told to."""
-
-    def __init__(self, now: float = 1_714_550_400.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+SANDBOX_EPOCH = 1_714_550_400.0  # the sandbox's data epoch (2024-05-01)
 
 
 def _segment(token: str, index: int) -> dict[str, object]:
@@ -36,7 +30,7 @@ def _issue(authority: TokenAuthority, lifetime: int = 60) -> str:
 
 def test_issued_token_verifies_with_its_claims() -> None:
     """A fresh token verifies and carries client id, scopes and timing claims."""
-    clock = FakeClock()
+    clock = FakeClock(SANDBOX_EPOCH)
     authority = TokenAuthority(KEY, clock)
     token = _issue(authority)
     claims = authority.verify(token)
@@ -51,7 +45,7 @@ def test_issued_token_verifies_with_its_claims() -> None:
 
 def test_token_expires_on_the_injected_clock() -> None:
     """Verification fails once the fake clock reaches `exp`, even for a cached token."""
-    clock = FakeClock()
+    clock = FakeClock(SANDBOX_EPOCH)
     authority = TokenAuthority(KEY, clock)
     token = _issue(authority, lifetime=5)
     authority.verify(token)
@@ -64,7 +58,7 @@ def test_token_expires_on_the_injected_clock() -> None:
 
 def test_tampered_token_is_refused() -> None:
     """Changing the claims breaks the signature."""
-    authority = TokenAuthority(KEY, FakeClock())
+    authority = TokenAuthority(KEY, FakeClock(SANDBOX_EPOCH))
     header, _, signature = _issue(authority).split(".")
     forged = base64.urlsafe_b64encode(
         b'{"client_id":"x","scope":"all","iat":0,"exp":9e9,"jti":"1-a"}'
@@ -75,14 +69,14 @@ def test_tampered_token_is_refused() -> None:
 
 def test_token_from_another_key_is_refused() -> None:
     """Each sandbox instance signs with its own key."""
-    other = TokenAuthority(b"o" * 32, FakeClock())
+    other = TokenAuthority(b"o" * 32, FakeClock(SANDBOX_EPOCH))
     with pytest.raises(TokenError):
-        TokenAuthority(KEY, FakeClock()).verify(_issue(other))
+        TokenAuthority(KEY, FakeClock(SANDBOX_EPOCH)).verify(_issue(other))
 
 
 def test_alg_none_and_garbage_are_refused() -> None:
     """Unsigned tokens and strings that are not JWTs never verify."""
-    authority = TokenAuthority(KEY, FakeClock())
+    authority = TokenAuthority(KEY, FakeClock(SANDBOX_EPOCH))
     _, claims, _ = _issue(authority).split(".")
     none_header = base64.urlsafe_b64encode(b'{"alg":"none"}').decode().rstrip("=")
     for bad in (f"{none_header}.{claims}.", "not-a-jwt", "a.b.c", "...."):
@@ -92,7 +86,7 @@ def test_alg_none_and_garbage_are_refused() -> None:
 
 def test_revoke_all_only_hits_tokens_issued_before() -> None:
     """Revocation invalidates earlier tokens and leaves later ones valid."""
-    authority = TokenAuthority(KEY, FakeClock())
+    authority = TokenAuthority(KEY, FakeClock(SANDBOX_EPOCH))
     old = _issue(authority)
     authority.verify(old)
     assert authority.revoke_all() == 1
@@ -104,7 +98,7 @@ def test_revoke_all_only_hits_tokens_issued_before() -> None:
 
 def test_verification_cache_stays_bounded() -> None:
     """Thousands of distinct tokens do not grow the cache without limit."""
-    authority = TokenAuthority(KEY, FakeClock())
+    authority = TokenAuthority(KEY, FakeClock(SANDBOX_EPOCH))
     for _ in range(5000):
         authority.verify(_issue(authority))
     assert len(authority._cache) <= 4096
