@@ -66,7 +66,7 @@ class LogLevel(StrEnum):
     ERROR = "error"
 
 
-# The real hosts, from the vendor's documentation (shared/exact-api.md section 1.1).
+# The real hosts, from the vendor's documentation (docs/exact-facts.md section 1).
 ENVIRONMENT_URLS: dict[Environment, tuple[str, str]] = {
     Environment.QA: (
         "https://qa-api.ex.softwareofexcellence.com",

@@ -3,7 +3,7 @@
 EXACT's identity server is a standard OpenID provider: the token endpoint is found through
 ``AUTHORITY_URL/.well-known/openid-configuration`` (unless ``TOKEN_URL`` is set), and a token
 is requested with HTTP Basic ``client_id:client_secret`` and a form body
-``grant_type=client_credentials&scope=...`` (``shared/exact-api.md`` section 1.3). Any provider
+``grant_type=client_credentials&scope=...`` (``docs/exact-facts.md`` section 1). Any provider
 that follows the standard works, whatever path it names for its token endpoint and whether
 its tokens are JWTs or opaque strings (the gateway never looks inside a token).
 

@@ -8,7 +8,7 @@ One token serves every request. Its life, in the order things happen:
   together drift apart, the loop fetches a new one while the old is still served. Requests
   never wait for a refresh while a usable token exists.
 * **Usable**: a token is not used in its last 30 s, or its last tenth when it lives less than
-  300 s, so it cannot expire on its way to EXACT (shared/product.md, "Token refresh").
+  300 s, so it cannot expire on its way to EXACT (README "Tokens").
 * **Single flight**: however many requests find no usable token at once, one token request
   is in flight and the rest wait for it.
 * **401 from EXACT**: one refresh per token generation, however many requests saw the 401

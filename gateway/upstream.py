@@ -79,7 +79,7 @@ def build_session(
     connector = aiohttp.TCPConnector(
         ssl=egress.ssl_context(),
         # 0 = no cap: the connection pool must not limit concurrency below the gateway's own
-        # global limit (shared/product.md, "Concurrency defaults").
+        # global limit (README "Resilience", concurrency limits).
         limit=0,
         limit_per_host=0,
         ttl_dns_cache=300,

@@ -51,7 +51,7 @@ class RunAudit:
 
     def leaks(self) -> list[str]:
         """Each finding as 'what: where', or nothing."""
-        findings = []
+        findings: list[str] = []
         for kind, texts in (("log", self.log_lines), ("metrics", self.expositions)):
             for text in texts:
                 findings.extend(

@@ -1,6 +1,6 @@
 """When to try again, and how long to wait first. Pure: no I/O, the clock and dice passed in.
 
-What EXACT's answers mean (shared/product.md, "Resilience semantics"):
+What EXACT's answers mean (``docs/exact-facts.md`` section 3, README "Resilience"):
 
 * **503**: the practice's server could not be reached. Retried, but for POST and PATCH only
   with an ``Idempotency-Key`` (a POST to ``.../Contact`` sends a patient an SMS: it must never

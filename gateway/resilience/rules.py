@@ -4,7 +4,7 @@ means for them.
 The state machines live beside it in this package (:mod:`~gateway.resilience.breaker`,
 :mod:`~gateway.resilience.budget`, :mod:`~gateway.resilience.bulkhead`,
 :mod:`~gateway.resilience.retry`); this module decides which of them an attempt's outcome
-concerns (the contract's resilience semantics, restated in ``docs/semantics.md``):
+concerns (``docs/exact-facts.md`` section 3 and the README's "Resilience" table):
 
 =====================================  ==================  ============================
 outcome of an attempt                  practice breaker    partner-wide ("upstream")

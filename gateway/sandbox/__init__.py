@@ -1,7 +1,7 @@
 """A faithful local simulator of the EXACT API and its OAuth2 identity server.
 
 `build_sandbox_app()` returns one aiohttp application serving OIDC discovery and
-`/connect/token`, every `/v1` endpoint of exact-api.md §2 over deterministic simulated
+`/connect/token`, every `/v1` endpoint of docs/exact-facts.md §2 over deterministic simulated
 practices, and the `/_sandbox` control endpoints that let tests and demos inject faults.
 Modules, one concept each:
 

@@ -21,7 +21,7 @@ error as `string`):
 
 A path that is no route at all is 404 before any check, like an ASP.NET app with no
 matching endpoint; a known path with another method is 405 with `Allow`. Further
-assumptions where exact-api.md is silent:
+assumptions where docs/exact-facts.md is silent:
 
 * practices on an EXACT older than 13.842 answer every call with 400; PATCH needs 13.856
   and answers 400 below it, saying so; the relay learns the version from the practice's

@@ -1,6 +1,6 @@
 """Rules for changing an appointment through PATCH (`UpdateAppointmentModel`).
 
-The real field list is unknown (exact-api.md §6.2); the sandbox accepts the likely ones:
+The real field list is unknown (docs/exact-facts.md §5.2); the sandbox accepts the likely ones:
 `status`, `startDate`, `endDate`, `chairDurationMinutes` and `scheduledDurationMinutes`.
 Only the fields sent change. Any other field, or a bad value, is 400; a change the
 appointment's state does not allow is 409 (assumptions, documented here):

@@ -234,7 +234,7 @@ async def get_patient(call: Call) -> web.Response:
 
 
 async def patient_contact_details(call: Call) -> web.Response:
-    """Emails and phone numbers, each only with its own scope (exact-api.md §6.5)."""
+    """Emails and phone numbers, each only with its own scope (docs/exact-facts.md §5.5)."""
     patient = _lookup(call.records.patients_by_id, call, "Patient")
     details = call.records.contact_details[patient["id"]]
     answer: dict[str, Any] = {}

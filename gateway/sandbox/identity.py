@@ -2,7 +2,7 @@
 grant, and the run-time controls used to simulate an unhealthy identity server.
 
 Error choices follow IdentityServer (Duende/IdentityServer4), which the real authority appears
-to run (exact-api.md §1.2): an unknown client *or* a wrong secret is answered with 400
+to run (docs/exact-facts.md §1): an unknown client *or* a wrong secret is answered with 400
 `invalid_client` (never 401, and never telling which of the two was wrong); a scope the client
 may not have is 400 `invalid_scope`; any grant other than `client_credentials` is 400
 `unsupported_grant_type`; a missing or repeated parameter is 400 `invalid_request`. The client

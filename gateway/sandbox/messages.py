@@ -4,7 +4,7 @@ The API queues the message and answers 202; the sandbox keeps every accepted mes
 can count side effects exactly (POST Contact is not idempotent, so a proxy that retries it
 blindly would show up here as a duplicate).
 
-Validation (assumed; exact-api.md §6.6 gives only the fields): `type` is `Sms` or `Email`
+Validation (assumed; docs/exact-facts.md §5.6 gives only the fields): `type` is `Sms` or `Email`
 (case-insensitive, like .NET enums); `body` is a non-empty string; `subject` is a string,
 required for `Email`; `scheduled` is an ISO-8601 date-time with offset; `priority` a boolean;
 no other fields. The patient must have the channel (`patientHasSms` / `patientHasEmail`).

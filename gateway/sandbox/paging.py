@@ -2,7 +2,7 @@
 
 The EXACT docs say appointment lists are split into pages by response size and that a
 continuation token fetches the rest; the body is a bare JSON array, so the token travels in a
-`continuationToken` response header (an assumption, see exact-api.md §2.1).
+`continuationToken` response header (an assumption, see docs/exact-facts.md §2.1).
 
 The token is a keyset cursor (start instant and id of the last record sent), signed with HMAC
 over the cursor *and* the query it belongs to: a token is refused (400) if it was garbled,

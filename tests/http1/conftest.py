@@ -156,7 +156,13 @@ TIMEOUTS = {"header_timeout": 10.0, "read_timeout": 10.0}
 
 async def get(client: UpstreamClient, target: str = "/", method: str = "GET") -> tuple[int, bytes]:
     """One request, body read, connection released: (status, body)."""
-    resp = await client.request(method, target, [], **TIMEOUTS)
+    resp = await client.request(
+        method,
+        target,
+        [],
+        header_timeout=TIMEOUTS["header_timeout"],
+        read_timeout=TIMEOUTS["read_timeout"],
+    )
     body = await resp.read()
     resp.release()
     return resp.status, body

@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 from gateway.app import Gateway
 from tests.fakes import (
@@ -92,7 +93,7 @@ async def test_metrics_count_what_callers_saw(gateway: Gateway, upstream: Script
                     proxy_url(gateway, "/v1/Practices/UKTEST1/Patients/abc-123?name=Smith")
                 )
             ).read()
-        refused_url = aiohttp.client.URL(proxy_url(gateway, "/v1/Practices/%2e%2e/x"), encoded=True)
+        refused_url = URL(proxy_url(gateway, "/v1/Practices/%2e%2e/x"), encoded=True)
         await (await client.get(refused_url)).read()
     samples = await scrape(gateway)
     route = "/v1/Practices/{practiceId}/Patients/{id}"

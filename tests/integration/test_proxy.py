@@ -9,6 +9,7 @@ import json
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from gateway.app import Gateway
 from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url
@@ -37,7 +38,7 @@ async def test_forwards_path_query_and_body_byte_for_byte(
     """Method, raw path, query (encoding untouched) and body reach EXACT exactly as sent."""
     path = "/v1/Practices/UKTEST1/Appointments/?from=2024-05-01T00%3A00%3A00%2B0000&x=%7e+a"
     async with aiohttp.ClientSession() as client:
-        url = aiohttp.client.URL(proxy_url(gateway, path), encoded=True)
+        url = URL(proxy_url(gateway, path), encoded=True)
         async with client.post(url, data=b'{"a": 1}', headers={"X-Custom": "kept"}) as resp:
             assert resp.status == 200
             assert await resp.json() == {"ok": True}

@@ -19,7 +19,7 @@ RULES_TESTS = CONFIG / "prometheus" / "exact-gateway-rules.test.yml"
 PROMETHEUS_CONFIG = CONFIG / "prometheus" / "prometheus.yml"
 DASHBOARD = CONFIG / "grafana" / "exact-gateway-dashboard.json"
 
-# The families of the contract (product.md "Metrics", README "Metrics"), without the suffixes
+# The families of the contract (README "Metrics"), without the suffixes
 # the exposition adds to counters and histograms.
 CONTRACT_FAMILIES = (
     "exact_gateway_requests_total",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -121,7 +122,7 @@ async def test_prometheus_scrapes_the_gateway_and_loads_the_rules(
         name = (
             f"{family}_count" if family.endswith("_seconds") and "expiry" not in family else family
         )
-        await prometheus.until(f"samples of {name}", lambda n=name: has_samples(n))
+        await prometheus.until(f"samples of {name}", functools.partial(has_samples, name))
 
     info = await has_samples("exact_gateway_build_info")
     assert info[0]["metric"]["environment"] == "sandbox"

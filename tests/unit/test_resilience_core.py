@@ -20,7 +20,13 @@ from gateway.resilience.breaker import (
 )
 from gateway.resilience.budget import RetryBudget
 from gateway.resilience.bulkhead import Bulkhead
-from gateway.resilience.retry import RetryPolicy, decide, parse_retry_after, retry_reason
+from gateway.resilience.retry import (
+    RetryPolicy,
+    Verdict,
+    decide,
+    parse_retry_after,
+    retry_reason,
+)
 from tests.fakes import FakeClock
 
 FAIL, OK, NEUTRAL = Observation.FAILURE, Observation.SUCCESS, Observation.NEUTRAL
@@ -315,7 +321,7 @@ def test_bulkhead_limits_per_practice_and_in_all() -> None:
 POLICY = RetryPolicy()
 
 
-def verdict(method: str = "GET", reason: str = "status_503", **kw: object):  # type: ignore[no-untyped-def]
+def verdict(method: str = "GET", reason: str = "status_503", **kw: object) -> Verdict:
     args: dict[str, object] = {
         "attempt": 1,
         "reason": reason,

@@ -75,7 +75,7 @@ def test_listing_order_is_by_start_then_id() -> None:
 
 
 def test_details_carry_every_model_field() -> None:
-    """Practice details have every field of exact-api.md §6.1."""
+    """Practice details have every field of docs/exact-facts.md §5.1."""
     details = PracticeData("WFEVAL", 1).details
     expected = {
         "practiceId", "practiceName", "installationId", "organizationId", "organizationName",

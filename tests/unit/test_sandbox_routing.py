@@ -54,7 +54,7 @@ def test_non_routes_do_not_match() -> None:
 
 
 def test_every_endpoint_of_the_facts_sheet_is_routed() -> None:
-    """All 13 operations of exact-api.md §2 exist, each with its scope."""
+    """All 13 operations of docs/exact-facts.md §2 exist, each with its scope."""
     scopes = {route.name: route.scope for route in API_ROUTES}
     assert len(scopes) == 13
     assert scopes["ListPayors"] == "payor.list"
