@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from gateway import __version__
 from gateway.admin import build_admin_app
 from gateway.admin_access import AdminAccess
+from gateway.history import History
 from gateway.idempotency import IdempotencyStore
 from gateway.identity import IdentityClient, TokenConfig
 from gateway.listener import (
@@ -40,7 +41,6 @@ from gateway.metrics import Metrics, build_metrics
 from gateway.proxy import Proxy
 from gateway.resilience import BreakerCollector, Resilience
 from gateway.settings import Environment, SandboxServerSettings, Settings
-from gateway.status import RecentRates
 from gateway.tokens import TokenPolicy, TokenSource
 from gateway.upstream import Upstream, build_session
 
@@ -124,7 +124,9 @@ class Gateway:
             self._token_policy,
         )
         self.resilience = Resilience(settings, self.metrics)
-        self.rates = RecentRates()
+        self.history = History()
+        self.resilience.watch_upstream(self.history.upstream_breaker_changed)
+        self.tokens.watch(self.history.token_changed)
         self.metrics.registry.register(BreakerCollector(self.resilience))
         self.proxy = Proxy(
             Upstream(api_session, api_url, settings.attempt_timeout_seconds),
@@ -134,7 +136,7 @@ class Gateway:
             attempt_timeout=settings.attempt_timeout_seconds,
             deadline=settings.deadline_seconds,
             replay_buffer_bytes=settings.replay_buffer_bytes,
-            rates=self.rates,
+            history=self.history,
             idempotency=IdempotencyStore(
                 ttl=settings.idempotency_ttl_seconds,
                 max_keys=settings.idempotency_max_keys,
@@ -156,7 +158,7 @@ class Gateway:
             self.metrics,
             self.tokens,
             self.resilience,
-            self.rates,
+            self.history,
             self,
             access=AdminAccess.of(settings.admin_introspection_from, settings.admin_allowed_hosts),
         )

@@ -42,6 +42,7 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 from gateway.header_policy import check_values
+from gateway.history import History
 from gateway.idempotency import (
     KEYED_METHODS,
     Claim,
@@ -55,7 +56,6 @@ from gateway.metrics import Metrics
 from gateway.resilience import Resilience, Ticket
 from gateway.retry import decide, parse_retry_after, retry_reason
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
-from gateway.status import RecentRates
 from gateway.tokens import TokenSource
 from gateway.upstream import Upstream, forwarded_value, request_headers, response_headers
 
@@ -222,11 +222,11 @@ class Proxy:
         attempt_timeout: float = 30.0,
         deadline: float = 60.0,
         replay_buffer_bytes: int = 1024 * 1024,
-        rates: RecentRates | None = None,
+        history: History | None = None,
         idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._idempotency = idempotency
-        self._rates = rates if rates is not None else RecentRates()
+        self._history = history if history is not None else History()
         self._upstream = upstream
         self._tokens = tokens
         self._metrics = metrics
@@ -597,12 +597,7 @@ class Proxy:
         self._metrics.upstream_attempt_duration.labels(route).observe(time.perf_counter() - sent)
 
     def _observe(self, exchange: Exchange, elapsed: float) -> None:
-        self._rates.record(
-            exchange.status,
-            gateway_error=exchange.error is not None
-            and exchange.status >= 400
-            and exchange.status != CLIENT_CLOSED_REQUEST,
-        )
+        self._history.record(exchange.status, exchange.error is not None, elapsed)
         code = str(exchange.status)
         self._metrics.requests.labels(exchange.method, exchange.route, code).inc()
         self._metrics.request_duration.labels(exchange.method, exchange.route, code).observe(

@@ -60,6 +60,8 @@ log = logging.getLogger("exact_gateway.breaker")
 UPSTREAM = "upstream"
 _STATE_VALUE = {State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 2}
 _FAILURE_STATUSES = frozenset({503, 504})
+# (state, cause: "connection" or "correlated" unless closed, seconds it opens for when open)
+UpstreamListener = Callable[[str, str | None, float | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,12 @@ class Resilience:
         )
         self._upstream_window = settings.upstream_breaker_window_seconds
         self._upstream_opened_for = ""
+        self._upstream_listeners: list[UpstreamListener] = []
+
+    def watch_upstream(self, listener: UpstreamListener) -> None:
+        """Call ``listener`` on every change of the partner-wide breaker (the status page's
+        history of EXACT outages)."""
+        self._upstream_listeners.append(listener)
 
     # -- admission --------------------------------------------------------------------------
 
@@ -241,6 +249,13 @@ class Resilience:
             fields["practice_id"] = breaker.key
         if state is State.OPEN:
             fields["open_for"] = round(breaker.open_until - breaker.opened_at, 1)
+        if breaker is self.upstream:
+            # On a first opening by failed connections the cause is set only after this call.
+            cause = None
+            if state is not State.CLOSED:
+                cause = self._upstream_opened_for or "connection"
+            for listener in self._upstream_listeners:
+                listener(state.value, cause, fields.get("open_for"))
         log.log(
             logging.WARNING if state is State.OPEN else logging.INFO,
             "breaker %s",
