@@ -9,7 +9,7 @@ a gateway may run where no Prometheus scrapes it. So the gateway keeps its own s
   from which p50 and p99 are read. The histogram has fixed log-spaced bins (four per octave,
   0.1 ms to about 14 min), so a percentile is the upper bound of the bin holding it: never
   under the true value, at most 19% over it. Memory is fixed at start; recording one request
-  increments a few counters in preallocated lists and allocates nothing of its own, because
+  increments a few counters in preallocated lists and keeps nothing per request, because
   it runs once per request on the proxy's hot path.
 * :class:`EventLog`: the last few token fetches and partner-wide breaker changes, each with
   the wall-clock time, in a bounded deque (they are rare; their order is the story).
