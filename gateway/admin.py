@@ -1,4 +1,5 @@
-"""The admin port: health, readiness, metrics, token and breaker status, and a status page.
+"""The admin port: health, readiness, metrics, token and breaker status, and a status page
+(:mod:`gateway.status_page`, fed by :mod:`gateway.history`).
 
 It listens separately from the proxy so Prometheus and kubelet never compete with callers, and
 it keeps answering during a drain (readiness says ``draining``) until the process exits.
@@ -16,9 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__
 from gateway.admin_access import AdminAccess
+from gateway.history import History
 from gateway.metrics import Metrics
 from gateway.resilience import Resilience
-from gateway.status import CONTENT_SECURITY_POLICY, PAGE, RecentRates, status_document
+from gateway.status_page import CONTENT_SECURITY_POLICY, PAGE, status_document
 from gateway.tokens import TokenSource
 
 
@@ -39,7 +41,7 @@ class Lifecycle(Protocol):
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 TOKENS: web.AppKey[TokenSource] = web.AppKey("tokens", TokenSource)
 RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience", Resilience)
-RATES: web.AppKey[RecentRates] = web.AppKey("rates", RecentRates)
+HISTORY: web.AppKey[History] = web.AppKey("history", History)
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 ACCESS: web.AppKey[AdminAccess] = web.AppKey("access", AdminAccess)
 
@@ -134,7 +136,7 @@ async def status(request: web.Request) -> web.Response:
             draining=lifecycle.draining,
             token=tokens.status(),
             breakers=request.app[RESILIENCE].breaker_status(),
-            rates=request.app[RATES].summary(),
+            history=request.app[HISTORY].snapshot(),
             inflight=lifecycle.inflight,
         ),
         headers={"Cache-Control": "no-store"},
@@ -145,7 +147,7 @@ def build_admin_app(
     metrics_: Metrics,
     tokens: TokenSource,
     resilience: Resilience,
-    rates: RecentRates,
+    history: History,
     lifecycle: Lifecycle,
     *,
     access: AdminAccess | None = None,
@@ -155,7 +157,7 @@ def build_admin_app(
     app[METRICS] = metrics_
     app[TOKENS] = tokens
     app[RESILIENCE] = resilience
-    app[RATES] = rates
+    app[HISTORY] = history
     app[LIFECYCLE] = lifecycle
     app.router.add_get("/", status_page)
     app.router.add_get("/status", status)

@@ -33,6 +33,7 @@ from gateway import __version__
 from gateway.admin import build_admin_app
 from gateway.admin_access import AdminAccess
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.history import History
 from gateway.idempotency import IdempotencyStore
 from gateway.lifecycle import GatewayState, until_signalled
 from gateway.listener import (
@@ -47,7 +48,6 @@ from gateway.proxy import Proxy
 from gateway.resilience import BreakerCollector, Resilience
 from gateway.sandbox_mode import sandbox_for
 from gateway.settings import Settings
-from gateway.status import RecentRates
 from gateway.token_client import TokenClient
 from gateway.tokens import TokenPolicy, TokenSource
 from gateway.upstream import Upstream, build_session
@@ -109,7 +109,7 @@ class Gateway:
         metrics: Metrics,
         tokens: TokenSource,
         resilience: Resilience,
-        rates: RecentRates,
+        history: History,
         proxy: Proxy,
         listener: Listener,
         proxy_port: int,
@@ -121,7 +121,7 @@ class Gateway:
         self.metrics = metrics
         self.tokens = tokens
         self.resilience = resilience
-        self.rates = rates
+        self.history = history
         self.proxy = proxy
         self.listener = listener
         self.proxy_port = proxy_port
@@ -148,7 +148,8 @@ class Gateway:
         state = GatewayState(settings.environment.value, policies.lifecycle, resilience.bulkhead)
         metrics.inflight.set_function(lambda: state.inflight)
         metrics.registry.register(BreakerCollector(resilience))
-        rates = RecentRates()
+        history = History(clock.monotonic, clock.wall)
+        resilience.watch_upstream(history.upstream_breaker_changed)
         async with contextlib.AsyncExitStack() as stack:
             # Bind first: a port already in use fails the start before anything else is built.
             admin_sock = listen(settings.admin_host, settings.admin_port)
@@ -163,6 +164,7 @@ class Gateway:
                 clock=clock,
                 rng=rng,
             )
+            tokens.watch(history.token_changed)
             # The first token is fetched at once; /readyz turns true when it is held.
             refresh = asyncio.create_task(tokens.run(), name="token-refresh")
             stack.push_async_callback(_cancel, refresh)
@@ -172,7 +174,7 @@ class Gateway:
                 metrics,
                 resilience,
                 policies.proxy,
-                rates=rates,
+                history=history,
                 idempotency=IdempotencyStore(policies.idempotency, clock),
             )
             limits = caller_limits(settings)
@@ -187,7 +189,7 @@ class Gateway:
                 metrics,
                 tokens,
                 resilience,
-                rates,
+                history,
                 state,
                 access=AdminAccess.of(
                     settings.admin_introspection_from, settings.admin_allowed_hosts
@@ -222,7 +224,7 @@ class Gateway:
                 metrics=metrics,
                 tokens=tokens,
                 resilience=resilience,
-                rates=rates,
+                history=history,
                 proxy=proxy,
                 listener=listener,
                 proxy_port=proxy_sock.getsockname()[1],

@@ -42,6 +42,7 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 from gateway.header_policy import check_values
+from gateway.history import History
 from gateway.idempotency import (
     KEYED_METHODS,
     Claim,
@@ -56,7 +57,6 @@ from gateway.policies import ProxyPolicy
 from gateway.resilience import Resilience, Ticket
 from gateway.resilience.retry import decide, parse_retry_after, retry_reason
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
-from gateway.status import RecentRates
 from gateway.tokens import TokenSource
 from gateway.upstream import Upstream, forwarded_value, request_headers, response_headers
 
@@ -221,11 +221,11 @@ class Proxy:
         resilience: Resilience,
         policy: ProxyPolicy,
         *,
-        rates: RecentRates,
+        history: History,
         idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._idempotency = idempotency
-        self._rates = rates
+        self._history = history
         self._upstream = upstream
         self._tokens = tokens
         self._metrics = metrics
@@ -594,12 +594,7 @@ class Proxy:
         )
 
     def _observe(self, exchange: Exchange, elapsed: float) -> None:
-        self._rates.record(
-            exchange.status,
-            gateway_error=exchange.error is not None
-            and exchange.status >= 400
-            and exchange.status != CLIENT_CLOSED_REQUEST,
-        )
+        self._history.record(exchange.status, exchange.error is not None, elapsed)
         code = str(exchange.status)
         self._metrics.requests.labels(exchange.method, exchange.route, code).inc()
         self._metrics.request_duration.labels(exchange.method, exchange.route, code).observe(

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,6 +46,10 @@ from gateway.credentials import TokenConfig
 from gateway.errors import ConfigError, CredentialsRejected, TokenEndpointError, TokenUnavailable
 from gateway.metrics import Metrics
 from gateway.resilience.backoff import backoff_ceiling, full_jitter
+
+# Told of each token fetch's end (its metric label, and the new token's lifetime on success)
+# and of EXACT refusing the token (``rejected_by_exact``): the status page's token history.
+TokenListener = Callable[[str, float | None], None]
 
 log = logging.getLogger("exact_gateway.tokens")
 
@@ -170,11 +175,20 @@ class TokenSource:
         self._secret_stamp = identity.config.secret_file_stamp()
         self.last_error: str | None = None
         self.ready_event = asyncio.Event()
+        self._listeners: list[TokenListener] = []
 
     def __repr__(self) -> str:
         return f"<TokenSource client_id={self._identity.config.client_id!r} token=<hidden>>"
 
     # -- what requests use ------------------------------------------------------------------
+
+    def watch(self, listener: TokenListener) -> None:
+        """Call ``listener`` after every fetch and every token EXACT refused."""
+        self._listeners.append(listener)
+
+    def _tell(self, result: str, lifetime: float | None) -> None:
+        for listener in self._listeners:
+            listener(result, lifetime)
 
     def has_usable_token(self) -> bool:
         return self._token is not None and self._token.usable(self._clock.monotonic())
@@ -226,6 +240,7 @@ class TokenSource:
                 self._last_unauthorized_refresh = now
                 self._token = None  # never send a token EXACT has refused
                 self._wake.set()
+                self._tell("rejected_by_exact", None)
                 log.warning(
                     "EXACT refused the access token; fetching a new one",
                     extra={"fields": {"event": "token_rejected"}},
@@ -285,6 +300,8 @@ class TokenSource:
         finally:
             self._metrics.token_requests.labels(result).inc()
             self._metrics.token_request_duration.observe(self._clock.monotonic() - started)
+            if result != "success":
+                self._tell(result, None)
         return self._succeeded(grant)
 
     def _succeeded(self, grant: Grant) -> AccessToken:
@@ -319,6 +336,7 @@ class TokenSource:
         self._refused = False
         self.last_error = None
         self._metrics.token_expiry.set(token.expires_at_unix)
+        self._tell("success", lifetime)
         log.info(
             "access token obtained",
             extra={

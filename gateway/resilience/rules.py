@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,8 @@ log = logging.getLogger("exact_gateway.breaker")
 
 UPSTREAM = "upstream"
 _FAILURE_STATUSES = frozenset({503, 504})
+# (state, cause: "connection" or "correlated" unless closed, seconds it opens for when open)
+UpstreamListener = Callable[[str, str | None, float | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,12 @@ class Resilience:
         )
         self._upstream_window = policy.upstream_window
         self._upstream_opened_for = ""
+        self._upstream_listeners: list[UpstreamListener] = []
+
+    def watch_upstream(self, listener: UpstreamListener) -> None:
+        """Call ``listener`` on every change of the partner-wide breaker (the status page's
+        history of EXACT outages)."""
+        self._upstream_listeners.append(listener)
 
     # -- admission --------------------------------------------------------------------------
 
@@ -229,6 +238,13 @@ class Resilience:
             fields["practice_id"] = breaker.key
         if state is State.OPEN:
             fields["open_for"] = round(breaker.open_until - breaker.opened_at, 1)
+        if breaker is self.upstream:
+            # On a first opening by failed connections the cause is set only after this call.
+            cause = None
+            if state is not State.CLOSED:
+                cause = self._upstream_opened_for or "connection"
+            for listener in self._upstream_listeners:
+                listener(state.value, cause, fields.get("open_for"))
         log.log(
             logging.WARNING if state is State.OPEN else logging.INFO,
             "breaker %s",

@@ -1,5 +1,5 @@
 """Log formatting (one JSON object per line, fields kept, exception messages never written),
-the leak audit itself, and the status page's rate counter."""
+the leak audit itself (the status page's history is tested in test_history.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 
 from gateway.logs import configure_logging
 from gateway.settings import LogFormat, LogLevel
-from gateway.status import RecentRates
 from tests.audit import RunAudit
 
 
@@ -103,20 +102,3 @@ def test_leak_audit_finds_a_planted_secret_and_token() -> None:
     )
     audit.log_lines.append('{"url": "/v1/Practices/X/Appointments?from=2024-01-01"}')
     assert len(audit.leaks()) == 5
-
-
-def test_recent_rates_over_the_last_minute() -> None:
-    """The status page's rates: answers, 5xx share and gateway errors, a minute deep."""
-    now = [1000.0]
-    rates = RecentRates(clock=lambda: now[0])
-    for status, gateway_error in [(200, False)] * 9 + [(503, True)] * 3:
-        rates.record(status, gateway_error)
-    now[0] += 30
-    assert rates.summary() == {
-        "window_seconds": 60,
-        "requests_per_second": 0.2,
-        "server_error_ratio": 0.25,
-        "gateway_errors_per_second": 0.05,
-    }
-    now[0] += 31
-    assert rates.summary()["requests_per_second"] == 0.0
