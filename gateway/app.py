@@ -28,14 +28,14 @@ from prometheus_client import CollectorRegistry
 from gateway import __version__
 from gateway.admin import build_admin_app
 from gateway.admin_access import AdminAccess
-from gateway.idempotency import IdempotencyStore
-from gateway.identity import IdentityClient, TokenConfig
-from gateway.listener import (
+from gateway.caller import (
     CallerLimits,
     Listener,
     connection_cap,
     on_response_prepare,
 )
+from gateway.idempotency import IdempotencyStore
+from gateway.identity import IdentityClient, TokenConfig
 from gateway.metrics import Metrics, build_metrics
 from gateway.proxy import Proxy
 from gateway.resilience import BreakerCollector, Resilience
