@@ -32,16 +32,16 @@ from prometheus_client import CollectorRegistry
 from gateway import __version__
 from gateway.admin import build_admin_app
 from gateway.admin_access import AdminAccess
-from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.history import History
-from gateway.idempotency import IdempotencyStore
-from gateway.lifecycle import GatewayState, until_signalled
-from gateway.listener import (
+from gateway.caller import (
     CallerLimits,
     Listener,
     connection_cap,
     on_response_prepare,
 )
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.history import History
+from gateway.idempotency import IdempotencyStore
+from gateway.lifecycle import GatewayState, until_signalled
 from gateway.metrics import Metrics, build_metrics
 from gateway.policies import Policies
 from gateway.proxy import Proxy

@@ -18,7 +18,9 @@ Pure functions over header names and values (no aiohttp). Three rules:
   bytes as UTF-8 (invalid bytes become surrogate escapes) and the client re-encodes them as
   UTF-8, silently dropping the escapes. Valid UTF-8 (obs-text included) therefore passes byte
   for byte; a value that is not valid UTF-8 cannot, so it is refused with 400 instead of being
-  altered in transit.
+  altered in transit. (aiohttp's client offers no way to write other bytes short of replacing
+  its serializer; the gateway's own client in ``gateway/http1`` encodes with
+  ``surrogateescape`` and sends them exactly, so this check can go when that client is wired.)
 """
 
 from __future__ import annotations

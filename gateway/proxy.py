@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import StreamReader, web
 
+from gateway.caller import cut_off, expect_continue, render_problem
 from gateway.errors import (
     BadRequest,
     CallerGone,
@@ -51,7 +52,6 @@ from gateway.idempotency import (
     fingerprint,
     valid_key,
 )
-from gateway.listener import cut_off, expect_continue, render_problem
 from gateway.metrics import Metrics
 from gateway.policies import ProxyPolicy
 from gateway.resilience import Resilience, Ticket

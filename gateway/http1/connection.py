@@ -300,7 +300,11 @@ class Connection(asyncio.Protocol):
             self._chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         elif len(name) == 14 and name.lower() == b"content-length":
             self._has_length = True
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # UTF-8 with surrogateescape, as aiohttp decodes: a value that is not UTF-8 keeps each
+        # byte (0xE9 as U+DCE9), so the caller's writer can put the same bytes back.
+        self.headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         parser = self._parser

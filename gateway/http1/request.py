@@ -16,8 +16,11 @@ smuggling starts, so the caller's framing headers are handled here, and only her
 
 Bytes that would split the head (CR, LF, NUL anywhere, controls or spaces in the target, a
 header name that is not a token) are refused with :class:`InvalidRequest` before anything is
-sent. The target is sent byte for byte (``surrogateescape`` restores any undecodable bytes
-the caller's server kept), never re-encoded.
+sent. The target and every header value are sent byte for byte: the gateway's strings are
+the caller's bytes decoded as UTF-8 with ``surrogateescape`` (what aiohttp's server does), so
+they are encoded back the same way: valid UTF-8 (``Zoë``) and obs-text that is not UTF-8
+(``Caf\\xe9``, held as ``Caf\\udce9``) both leave as the bytes that arrived. A string that
+stands for no bytes (a lone surrogate outside U+DC80..U+DCFF) is :class:`InvalidRequest`.
 """
 
 from __future__ import annotations
@@ -138,11 +141,13 @@ def build_head(
                     b" ",
                     target.encode("utf-8", "surrogateescape"),
                     b" HTTP/1.1\r\n",
-                    text.encode("latin-1"),
+                    text.encode("utf-8", "surrogateescape"),
                 )
             ),
             streamed,
             keep_alive,
         )
     except UnicodeEncodeError:
-        raise InvalidRequest("a request header is not latin-1 text", sent=False) from None
+        raise InvalidRequest(
+            "a request header holds a character that stands for no bytes", sent=False
+        ) from None

@@ -21,7 +21,8 @@ class UpstreamResponse:
     def __init__(self, conn: Connection, pool: Pool, read_timeout: float) -> None:
         self.status = conn.status
         self.reason = conn.reason
-        # Wire order, names as received; values decoded as latin-1 (obs-text never raises).
+        # Wire order, names as received; bytes decoded as UTF-8 with surrogateescape (obs-text
+        # never raises, and encodes back to the same bytes).
         self.headers = conn.headers
         self._conn: Connection | None = conn
         self._pool = pool

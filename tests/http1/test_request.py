@@ -13,6 +13,7 @@ import pytest
 import gateway.http1
 from gateway.http1 import InvalidRequest, UpstreamClient, UpstreamResponse
 from gateway.http1.request import CHUNKED, build_head
+from tests.http1.conftest import TIMEOUTS
 
 
 def lines(head: bytes) -> list[str]:
@@ -40,6 +41,36 @@ def test_undecodable_target_bytes_are_restored():
     target = b"/caf\xe9".decode("utf-8", "surrogateescape")
     head, _, _ = build_head("GET", target, "h", [], None)
     assert head.startswith(b"GET /caf\xe9 HTTP/1.1\r\n")
+
+
+def test_header_values_go_out_as_the_bytes_the_caller_sent():
+    """Values held as aiohttp's server decodes them (UTF-8, surrogateescape) are encoded
+    back to the caller's bytes: UTF-8 as UTF-8, obs-text that is not UTF-8 byte for byte."""
+    sent = [b"Caf\xe9 \xff", "Zo\u00eb \u00c5ngstr\u00f6m \u20ac".encode(), b"\x80\xc3"]
+    headers = [(f"X-{i}", raw.decode("utf-8", "surrogateescape")) for i, raw in enumerate(sent)]
+    head, _, _ = build_head("GET", "/", "h", headers, None)
+    for index, raw in enumerate(sent):
+        assert b"\r\nX-%d: %s\r\n" % (index, raw) in head
+
+
+async def test_obs_text_request_headers_reach_the_peer_byte_for_byte(serve, clients):
+    """Over a real socket: a raw peer receives exactly the bytes the caller's server read."""
+    received: list[bytes] = []
+
+    async def record(reader, writer, index):
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+
+    peer = await serve(record)
+    client = clients(peer.url)
+    value = b"Caf\xe9 Zo\xc3\xab \xff"
+    resp = await client.request(
+        "GET", "/", [("X-Name", value.decode("utf-8", "surrogateescape"))], **TIMEOUTS
+    )
+    assert resp.status == 204
+    resp.release()
+    assert b"\r\nX-Name: " + value + b"\r\n" in received[0]
 
 
 def test_callers_framing_headers_never_produce_a_second_one():
@@ -105,7 +136,7 @@ def test_exactly_one_framing_header(method, given, body, framing, streamed):
         ("GET", "/", [("X-A", "1\x00")], None),
         ("GET", "/", [("X-A: 1\r\nX-B", "2")], None),
         ("GET", "/", [("X A", "1")], None),
-        ("GET", "/", [("X-A", "\u20ac")], None),
+        ("GET", "/", [("X-A", "\ud800")], None),  # a surrogate that stands for no byte
         ("POST", "/", [("Content-Length", "3")], b"ab"),
         ("POST", "/", [("Content-Length", "3"), ("Content-Length", "4")], body()),
         ("POST", "/", [("Content-Length", "-1")], body()),

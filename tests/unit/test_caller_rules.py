@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.caller.limits import RESERVED_FDS, connection_cap
 from gateway.errors import BadRequest, MethodNotAllowed
 from gateway.header_policy import (
     check_values,
@@ -11,7 +12,6 @@ from gateway.header_policy import (
     is_forwarding_header,
     sends_idempotency_key,
 )
-from gateway.listener import RESERVED_FDS, connection_cap
 from gateway.routes import check_canonical, parse_target
 
 

@@ -1,0 +1,66 @@
+"""Refusals in the contract's format: problem+json with ``X-Request-ID``, never aiohttp's text.
+
+aiohttp answers a malformed head, an oversized line or a bad chunk with ``text/plain`` that
+quotes the caller's bytes, carries a version banner and logs at error level: a scanner could
+raise error alerts at will. Here every refusal the caller edge makes, before or after the
+head is complete, is the contract's problem+json, quoting nothing the caller sent; the
+parser's exceptions are translated to the gateway's error tree in :func:`parse_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from email.utils import formatdate
+from http import HTTPStatus
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+
+from gateway.caller.limits import MAX_FIELD_BYTES, MAX_HEADERS
+from gateway.errors import BadRequest, GatewayError, RequestHeaderFieldsTooLarge, UriTooLong
+
+
+def new_request_id() -> str:
+    """A request id for a refusal made before the handler (and its id) existed."""
+    return uuid.uuid4().hex
+
+
+def render_problem(error: GatewayError, request_id: str) -> web.Response:
+    """The contract's problem+json answer for a gateway error."""
+    return web.Response(
+        status=error.status,
+        body=json.dumps(error.problem(request_id)).encode(),
+        content_type="application/problem+json",
+        headers=error.headers(request_id),
+    )
+
+
+def raw_problem(error: GatewayError, request_id: str) -> bytes:
+    """The same answer as bytes, for when no request object exists (head never completed)."""
+    body = json.dumps(error.problem(request_id)).encode()
+    headers = {
+        "Content-Type": "application/problem+json",
+        "Content-Length": str(len(body)),
+        "Date": formatdate(usegmt=True),
+        "Connection": "close",
+    } | error.headers(request_id)
+    head = f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return head.encode("ascii") + b"\r\n" + body
+
+
+def parse_error(exc: HttpProcessingError, target_too_long: bool, max_target: int) -> GatewayError:
+    """The gateway error for one of aiohttp's parser refusals.
+
+    Never quotes the caller's bytes back (aiohttp's messages do): they may be anything.
+    ``target_too_long`` says whether the request line (rather than a header field) was the
+    line over its limit, which aiohttp's ``LineTooLong`` does not tell apart.
+    """
+    if isinstance(exc, LineTooLong):
+        if target_too_long:
+            return UriTooLong(f"the request target is longer than {max_target} bytes")
+        return RequestHeaderFieldsTooLarge(f"a header field is longer than {MAX_FIELD_BYTES} bytes")
+    if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+        return RequestHeaderFieldsTooLarge(f"more than {MAX_HEADERS} header fields")
+    return BadRequest(f"the request is not valid HTTP/1.1 ({type(exc).__name__})")

@@ -1,0 +1,220 @@
+"""The caller listener: aiohttp's low-level server with a connection cap and shutdown manners.
+
+:class:`Listener` owns what is shared by a port's connections: the limits, the count of open
+connections, whether it is draining, and how refusals are reported. Beyond
+``max_connections`` a new connection is answered ``503 gateway_busy`` and closed at once,
+with one warning when the limit is reached and one line when it is left, never a line per
+connection (a flood must not become a log storm). While draining, every answer says
+``Connection: close`` and idle keep-alive connections close, so a caller never loses a
+request sent just as the listener closes. Each connection is a
+:class:`~gateway.caller.connection.CallerConnection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.caller.connection import CallerConnection
+from gateway.caller.limits import (
+    DRAIN_QUIET_SECONDS,
+    LINGER_SECONDS,
+    MAX_FIELD_BYTES,
+    MAX_HEADERS,
+    CallerLimits,
+)
+from gateway.caller.refusals import new_request_id, render_problem
+from gateway.caller.request import make_caller_request
+from gateway.errors import GatewayError, RequestHeaderFieldsTooLarge
+
+# The caller edge's log channel (dashboards and tests select its lines by this name).
+log = logging.getLogger("exact_gateway.listener")
+
+Refusal = Callable[[GatewayError, str, str], None]  # error, request id, method label
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class Listener(web.Server):
+    """aiohttp's low-level server with :class:`CallerConnection` and a connection cap."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        limits: CallerLimits,
+        on_refusal: Refusal | None = None,
+        on_connections: Callable[[int], None] | None = None,
+        on_refused_connection: Callable[[], None] | None = None,
+        request_factory: Any = None,
+        name: str = "proxy",
+    ) -> None:
+        super().__init__(
+            self._bounded(handler),
+            request_factory=request_factory
+            if request_factory is not None
+            else self._make_caller_request,
+            keepalive_timeout=limits.keepalive_idle,
+            max_line_size=limits.max_target_bytes,
+            max_field_size=MAX_FIELD_BYTES,
+            max_headers=MAX_HEADERS,
+            # Bodies pass byte for byte: the caller's Content-Encoding and Content-Length
+            # reach EXACT with the bytes they describe (and no gzip bomb is inflated here).
+            auto_decompress=False,
+            lingering_time=LINGER_SECONDS,
+            access_log=None,
+        )
+        self.limits = limits
+        self.name = name
+        self.draining = False
+        self.open_connections = 0
+        self.refused_connections = 0
+        self._saturated = False
+        self._on_refusal = on_refusal
+        self._on_connections = on_connections
+        self._on_refused_connection = on_refused_connection
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def __call__(self) -> RequestHandler:
+        return CallerConnection(self, **self._kwargs)
+
+    def _make_caller_request(
+        self,
+        message: Any,
+        payload: Any,
+        protocol: RequestHandler,
+        writer: Any,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return make_caller_request(message, payload, protocol, writer, task, loop=self._loop)
+
+    def _bounded(self, handler: Handler) -> Handler:
+        async def bounded(request: web.BaseRequest) -> web.StreamResponse:
+            # A head that arrived in one piece was not counted while it arrived; its size is
+            # checked here, before anything else sees it.
+            size = len(request.raw_path) + sum(
+                len(name) + len(value) + 4 for name, value in request.raw_headers
+            )
+            if size > self.limits.max_head_bytes:
+                error = RequestHeaderFieldsTooLarge(
+                    f"the request head is larger than {self.limits.max_head_bytes} bytes"
+                )
+                request_id = new_request_id()
+                self.refusal(error, request_id, request.method)
+                response = render_problem(error, request_id)
+                response.force_close()
+                return response
+            return await handler(request)
+
+        return bounded
+
+    # -- what the connections report ---------------------------------------------------------
+
+    def refusal(self, error: GatewayError, request_id: str, method: str) -> None:
+        """A request refused before it reached the handler: counted and logged once."""
+        if self._on_refusal is not None:
+            self._on_refusal(error, request_id, method)
+        else:
+            log.info(
+                "request refused",
+                extra={
+                    "fields": {
+                        "event": "request",
+                        "listener": self.name,
+                        "status": error.status,
+                        "error": error.reason,
+                        "request_id": request_id,
+                    }
+                },
+            )
+
+    def internal_error(self, exc: BaseException | None) -> None:
+        """A handler raised (the handlers catch everything, so this is a bug): said loudly,
+        with the exception's type only (its message may quote a caller's bytes)."""
+        log.error(
+            "unexpected error in a request handler",
+            extra={
+                "fields": {
+                    "event": "internal_error",
+                    "listener": self.name,
+                    "exception": type(exc).__name__ if exc else None,
+                }
+            },
+        )
+
+    def admit(self) -> bool:
+        """Count a new connection, or say it is one too many."""
+        if self.open_connections >= self.limits.max_connections:
+            self.refused_connections += 1
+            if self._on_refused_connection is not None:
+                self._on_refused_connection()
+            if not self._saturated:
+                self._saturated = True
+                log.warning(
+                    "connection limit reached: new connections are closed at once",
+                    extra={
+                        "fields": {
+                            "event": "connection_limit",
+                            "listener": self.name,
+                            "limit": self.limits.max_connections,
+                        }
+                    },
+                )
+            return False
+        self.open_connections += 1
+        self._report()
+        return True
+
+    def released(self) -> None:
+        self.open_connections -= 1
+        self._report()
+        # Hysteresis: one line when the flood is over, not one per connection at the edge.
+        if self._saturated and self.open_connections <= self.limits.max_connections * 0.9:
+            self._saturated = False
+            log.info(
+                "accepting connections again",
+                extra={
+                    "fields": {
+                        "event": "connection_limit_cleared",
+                        "listener": self.name,
+                        "refused": self.refused_connections,
+                    }
+                },
+            )
+
+    def _report(self) -> None:
+        if self._on_connections is not None:
+            self._on_connections(self.open_connections)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def start_draining(self, quiet: float = DRAIN_QUIET_SECONDS) -> None:
+        """From now on every answer says ``Connection: close``; connections idle for ``quiet``
+        seconds close now.
+
+        One used more recently belongs to an active caller, whose next request may be on the
+        wire already: closing under it would lose that request, so it gets its answer with
+        ``Connection: close`` instead (or is closed with the listener if it stays idle).
+        """
+        self.draining = True
+        now = self._loop.time()
+        for connection in self.connections:
+            if isinstance(connection, CallerConnection):
+                connection.close_if_idle(since=now - quiet)
+
+    def pre_shutdown(self) -> None:
+        # aiohttp closes every connection here, dropping a request still arriving; only idle
+        # ones are closed, the others finish (CallerConnection.shutdown waits for them).
+        self.draining = True
+        for connection in self.connections:
+            if isinstance(connection, CallerConnection):
+                connection.close_if_idle()
+            else:  # pragma: no cover - every connection is a CallerConnection
+                connection.close()
