@@ -42,7 +42,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError
+from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.fleet.redis_url import redacted
@@ -174,9 +174,9 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        with contextlib.suppress(Exception):  # noqa: BLE001 (closing: nothing left to tell)
+        with contextlib.suppress(Exception):
             await self.client.aclose()
-        with contextlib.suppress(Exception):  # noqa: BLE001
+        with contextlib.suppress(Exception):
             await self._pool.disconnect()
 
     # -- calls ------------------------------------------------------------------------------
@@ -261,8 +261,8 @@ class RedisLink:
                 if self.up:  # an error reply: do not spin
                     await asyncio.sleep(self.policy.subscriber_poll)
             finally:
-                with contextlib.suppress(Exception):  # noqa: BLE001
-                    await asyncio.wait_for(pubsub.aclose(), self.policy.timeout)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.reset(), self.policy.timeout)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -330,13 +330,11 @@ class RedisLink:
                 await self._wake.wait()
                 continue
             # Fresh connections after a failure: pooled ones may point at a dead server.
-            with contextlib.suppress(Exception):  # noqa: BLE001
+            with contextlib.suppress(Exception):
                 await self._pool.disconnect()
             try:
                 async with asyncio.timeout(self.policy.timeout):
-                    answer = await self.client.ping()
-                if answer is not True:
-                    raise InvalidResponse("PING did not answer PONG")
+                    await self._ping()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 (any failure: try again later)
@@ -354,3 +352,7 @@ class RedisLink:
                 await asyncio.sleep(delay)
                 continue
             self._link_up()
+
+    async def _ping(self) -> None:
+        if await self.client.ping() is not True:
+            raise InvalidResponse("PING did not answer PONG")

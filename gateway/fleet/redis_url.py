@@ -29,7 +29,9 @@ def check_redis_url(value: str) -> str:
     except ValueError:
         raise ValueError("must be a URL like redis://host:6379/0") from None
     if url.scheme not in SCHEMES or not url.host:
-        raise ValueError("must be a redis:// or rediss:// URL with a host, like redis://host:6379/0")
+        raise ValueError(
+            "must be a redis:// or rediss:// URL with a host, like redis://host:6379/0"
+        )
     if port is not None and not 0 < port < 65536:
         raise ValueError("has an invalid port")
     database = url.path.strip("/")

@@ -73,9 +73,10 @@ class RedisServer:
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=1
-            ) as conn:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn,
+            ):
                 conn.sendall(b"PING\r\n")
                 answer = conn.recv(64)
                 if answer.startswith((b"+PONG", b"-NOAUTH")):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,8 +49,8 @@ async def test_password_is_never_shown(
 ) -> None:
     """A password in the URL works, and a wrong one is one redis_down line that shows
     neither password; /status shows neither."""
-    password = "redis-pw-7c1e0a"  # noqa: S105
-    wrong = "redis-wrong-4b9d"  # noqa: S105
+    password = "redis-pw-7c1e0a"
+    wrong = "redis-wrong-4b9d"
     AUDIT.secrets.update({password, wrong})
     server = RedisServer(tmp_path, password=password)
     server.start()
@@ -121,8 +120,7 @@ async def test_killed_redis_under_a_loop_of_calls(
     assert transitions(caplog) == ["redis_down", "redis_up"]
     assert registry.get_sample_value("exact_gateway_redis_up") == 1
     errors = sum(
-        registry.get_sample_value("exact_gateway_redis_errors_total", {"operation": op.value})
-        or 0
+        registry.get_sample_value("exact_gateway_redis_errors_total", {"operation": op.value}) or 0
         for op in Operation
     )
     assert errors >= 1
@@ -155,9 +153,7 @@ async def test_held_answers_time_out(
     assert await link.call(Operation.VERDICT_READ, must_not_run, b"local") == b"local"
     assert not tried
     assert (
-        registry.get_sample_value(
-            "exact_gateway_redis_errors_total", {"operation": "verdict_read"}
-        )
+        registry.get_sample_value("exact_gateway_redis_errors_total", {"operation": "verdict_read"})
         == 1
     )
     holding_proxy.release()
