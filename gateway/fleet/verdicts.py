@@ -237,7 +237,7 @@ class Verdicts:
         self.received += 1
         try:
             self._on_verdict(practice_id, until, cause)
-        except Exception as exc:  # noqa: BLE001 (a bug in the receiver must not stop the feed)
+        except Exception as exc:  # a bug in the receiver must not stop the feed
             log.exception(
                 "verdict_delivery_failed",
                 extra={"fields": {"event": "verdict_delivery_failed", "error": type(exc).__name__}},
