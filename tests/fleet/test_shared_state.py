@@ -243,3 +243,25 @@ async def test_idempotency_records_never_in_the_way(
     redis_server.kill()
     assert (await records.claim("new", "fp")).outcome is ClaimOutcome.UNAVAILABLE
     assert not await records.complete("new", "fp", 200)
+
+
+async def test_subscriber_comes_back_after_redis_restarts(
+    redis_server: RedisServer, make_link: MakeLink
+) -> None:
+    """Redis killed and started again (empty): the subscriber subscribes again by itself
+    and hears the next verdict."""
+    heard: Heard = []
+    a = listener(await started_link(make_link, redis_server.url), [])
+    b_link = await started_link(make_link, redis_server.url)
+    b = listener(b_link, heard)
+    await subscribers(redis_server, a.channel, 2)
+    redis_server.kill()
+    await eventually(lambda: not b_link.up)
+    redis_server.start()
+    await eventually(lambda: b_link.up)
+    await subscribers(redis_server, a.channel, 2)
+    until = time.time() + 60
+    a.announce_unavailable("UKBACK1", until, VerdictCause.STATUS_503)
+    await eventually(lambda: ("UKBACK1", until, "503") in heard)
+    await a.close()
+    await b.close()
