@@ -37,6 +37,7 @@ from yarl import URL
 from gateway.credentials import TokenConfig
 from gateway.egress import Egress, check_ca_bundle, check_proxy_url
 from gateway.errors import ConfigError
+from gateway.fleet.redis_url import check_redis_url, read_redis_url_file
 from gateway.idempotency import IdempotencyPolicy
 from gateway.policies import LifecyclePolicy, Policies, ProxyPolicy
 from gateway.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
@@ -188,6 +189,15 @@ class Settings(BaseSettings):
     idempotency_max_response_bytes: int = Field(default=65536, ge=0)
     idempotency_max_stored_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
 
+    # Beyond one replica (README "Fleet"): the state file read back at start, and the
+    # optional Redis shared by the replicas (its URL may hold a password: prefer the file).
+    state_file: Path | None = None
+    state_save_interval_seconds: float = Field(default=5.0, gt=0)
+    redis_url: SecretStr | None = None
+    redis_url_file: Path | None = None
+    redis_timeout_seconds: float = Field(default=0.05, gt=0, le=5)
+    redis_heartbeat_seconds: float = Field(default=1.0, gt=0, le=60)
+
     # Readiness: true restores the first round's rule (ready only while a token is usable).
     ready_requires_usable_token: bool = False
 
@@ -305,6 +315,33 @@ class Settings(BaseSettings):
     def _empty_path_is_unset(cls, value: Any) -> Any:
         # An empty variable (a Helm value left blank) means "no file", not the current directory.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("state_file", "redis_url_file", mode="before")
+    @classmethod
+    def _empty_fleet_path_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _check_redis_url(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return check_redis_url(value) if value.strip() else None
+        return value
+
+    @field_validator("redis_url_file", mode="after")
+    @classmethod
+    def _check_redis_url_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_redis_url_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_redis_url(self) -> Settings:
+        if self.redis_url is not None and self.redis_url_file is not None:
+            raise ValueError("set REDIS_URL or REDIS_URL_FILE, not both")
+        return self
 
     @field_validator("client_id", mode="before")
     @classmethod

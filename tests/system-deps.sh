@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives for real: promtool and a Prometheus server
-# (package prometheus) and a headless browser (package chromium). Installed only when
+# (package prometheus), a headless browser (package chromium) and a Redis server for the
+# fleet's shared-state tests (package redis-server; the tests start their own). Installed only when
 # missing; needs root (or sudo) and apt-get.
 set -euo pipefail
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
