@@ -56,7 +56,7 @@ from gateway.sandbox.endpoints import (
 from gateway.sandbox.practices import Practice
 from gateway.sandbox.routing import Router, WrongMethod
 from gateway.sandbox.state import SANDBOX_STATE, SandboxState
-from gateway.sandbox.tokens import AccessToken, TokenError
+from gateway.sandbox.token_issuer import IssuedToken, TokenError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ _DOING = {"UpdateAppointment": "Updating appointments"}
 _ROUTER = Router(API_ROUTES)
 
 
-def _authenticate(request: web.Request, state: SandboxState) -> AccessToken:
+def _authenticate(request: web.Request, state: SandboxState) -> IssuedToken:
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     raw = raw.strip()
@@ -160,7 +160,7 @@ def _log(
 
 def _admit(
     request: web.Request, state: SandboxState, route: Route, api_version: str | None
-) -> AccessToken:
+) -> IssuedToken:
     """Steps 1-3: token, API version, scope."""
     token = _authenticate(request, state)
     _check_version(api_version)

@@ -32,7 +32,7 @@ from gateway.sandbox.messages import ContactRejected, validate_contact
 from gateway.sandbox.paging import ContinuationError, take_page
 from gateway.sandbox.practices import Practice
 from gateway.sandbox.state import SandboxState
-from gateway.sandbox.tokens import AccessToken
+from gateway.sandbox.token_issuer import IssuedToken
 
 CONTINUATION = "continuationToken"
 _VERSION_HEADERS = {"api-supported-versions": "1.0"}
@@ -66,7 +66,7 @@ class Call:
 
     request: web.Request
     state: SandboxState
-    token: AccessToken
+    token: IssuedToken
     practice: Practice
     params: dict[str, str]
     route: Route

@@ -16,13 +16,13 @@ import asyncio
 
 from aiohttp import web
 
-from gateway.sandbox.clients import ALL_SCOPES
-from gateway.sandbox.identity import (
-    Grant,
+from gateway.sandbox.client_auth import (
+    ClientGrant,
     OAuthError,
     authenticate_client,
     grant_client_credentials,
 )
+from gateway.sandbox.clients import ALL_SCOPES
 from gateway.sandbox.state import SANDBOX_STATE, SandboxState
 
 TOKEN_PATH = "/connect/token"  # noqa: S105 - a URL path, not a password
@@ -97,7 +97,7 @@ async def token(request: web.Request) -> web.Response:
     )
 
 
-async def _grant(request: web.Request, state: SandboxState) -> Grant:
+async def _grant(request: web.Request, state: SandboxState) -> ClientGrant:
     """Authenticate the client and apply the grant; raise `OAuthError` on any refusal."""
     is_form = request.content_type == _FORM
     form = await request.post() if is_form else None

@@ -15,13 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.sandbox.client_auth import IdentityControl
 from gateway.sandbox.clients import BUILTIN_CLIENTS, Client
 from gateway.sandbox.config import SandboxConfig
 from gateway.sandbox.dataset import Appointment, PracticeData, PracticeRecords
-from gateway.sandbox.identity import IdentityControl
 from gateway.sandbox.paging import ContinuationCodec
 from gateway.sandbox.practices import Practice, default_practices
-from gateway.sandbox.tokens import TokenAuthority
+from gateway.sandbox.token_issuer import TokenAuthority
 
 # Generated practices are kept for reuse but bounded: a load test may touch thousands of
 # practice ids, and each generated practice costs a couple of megabytes. Evicted ones are

@@ -53,6 +53,12 @@ async def attempts_at(sandbox: TestServer, practice: str) -> list[dict[str, Any]
     return [entry for entry in log["requests"] if entry["relayed"]]
 
 
+async def probe_due(gateway: Gateway) -> bool:
+    """Every open practice breaker is due for its probe (its open time has passed)."""
+    entries = (await breakers(gateway))["practices"]
+    return bool(entries) and all(e["next_probe_in_seconds"] == 0 for e in entries)
+
+
 async def breakers(gateway: Gateway) -> dict[str, Any]:
     async with aiohttp.ClientSession() as client:
         async with client.get(admin_url(gateway, "/breakers")) as resp:
@@ -109,7 +115,7 @@ async def test_offline_practice_retries_then_breaker_opens_then_one_probe(
         assert entry["practice_id"] == "UKOFFLINE1"
         assert entry["state"] == "open"
 
-        await asyncio.sleep(1.05)
+        await wait_until(lambda: probe_due(gateway), timeout=5)
         results = await asyncio.gather(*(get(client, gateway, path) for _ in range(20)))
         assert len(await attempts_at(sandbox, "UKOFFLINE1")) == 6  # exactly one probe
         # The probe failed and re-opened the breaker: its caller hears EXACT's 503, the
@@ -132,7 +138,7 @@ async def test_breaker_closes_when_the_practice_comes_back(
         await get(client, gateway, path)
         assert (await breakers(gateway))["counts"]["open"] == 1
         await control(sandbox, "PUT", "/practices/UKTEST2", {"behaviour": "healthy"})
-        await asyncio.sleep(1.05)
+        await wait_until(lambda: probe_due(gateway), timeout=5)
         status, _, _ = await get(client, gateway, path)
         assert status == 200
         assert (await breakers(gateway))["practices"] == []
@@ -205,7 +211,11 @@ async def test_offline_practice_under_load_costs_a_healthy_one_nothing(
                 await asyncio.sleep(0.05)  # each caller about 20 requests/s
 
         callers = [asyncio.create_task(hammer()) for _ in range(200)]
-        await asyncio.sleep(0.3)
+
+        async def hammering() -> bool:
+            return len(hammered) >= 200
+
+        await wait_until(hammering, timeout=10)
         during = await sample(100)
         stop.set()
         await asyncio.gather(*callers)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import aiohttp
@@ -16,6 +15,7 @@ from tests.fakes import (
     admin_url,
     gateway_settings,
     proxy_url,
+    wait_until,
 )
 
 
@@ -70,7 +70,11 @@ async def test_short_lived_token_is_replaced_before_expiry(
     async with aiohttp.ClientSession() as client:
         await (await client.get(proxy_url(gateway, "/v1/Subscriptions/active"))).read()
         first = upstream.seen[-1].header("authorization")
-        await asyncio.sleep(1.0)
+
+        async def first_unusable() -> bool:
+            return not gateway.tokens.has_usable_token() or len(upstream.tokens_issued) >= 2
+
+        await wait_until(first_unusable, timeout=5)
         await (await client.get(proxy_url(gateway, "/v1/Subscriptions/active"))).read()
         second = upstream.seen[-1].header("authorization")
     assert first != second

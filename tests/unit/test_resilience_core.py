@@ -366,11 +366,31 @@ def test_a_key_never_makes_a_maybe_delivered_post_repeatable(method: str, reason
 
 
 def test_attempts_backoff_and_cap() -> None:
-    """Capped exponential full jitter; no fourth attempt."""
-    for attempt, ceiling in [(1, 1), (2, 2), (3, 4)]:
-        v = verdict(attempt=attempt)
-        if attempt < 3:
-            assert 0 <= v.wait <= ceiling
+    """Capped exponential full jitter, checked over many draws so it can fail: each wait lies
+    in [0, base x 2^(n-1)] capped, spreads over that whole range (jitter, not a constant),
+    averages half of it (uniform), grows with the attempt, stops at the cap; no fourth
+    attempt."""
+    policy = RetryPolicy(max_attempts=10, backoff_base=1.0, backoff_max=20.0)
+    rng = random.Random(42)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 20.0), (9, 20.0)]:
+        waits = [
+            decide(
+                policy,
+                attempt=attempt,
+                reason="status_503",
+                method="GET",
+                has_idempotency_key=False,
+                retry_after=None,
+                remaining=1000.0,
+                rng=rng,
+            ).wait
+            for _ in range(2000)
+        ]
+        assert min(waits) >= 0
+        assert max(waits) <= ceiling
+        assert max(waits) >= 0.95 * ceiling  # spread over the range, not a fixed wait
+        assert min(waits) <= 0.05 * ceiling  # full jitter reaches down to zero
+        assert 0.45 * ceiling <= sum(waits) / len(waits) <= 0.55 * ceiling
     assert verdict(attempt=3).why == "attempts"
 
 

@@ -36,7 +36,7 @@ class OAuthError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Grant:
+class ClientGrant:
     """What a successful token request earns."""
 
     client_id: str
@@ -70,7 +70,7 @@ def authenticate_client(
     return client
 
 
-def grant_client_credentials(client: Client, form: Mapping[str, Sequence[str]]) -> Grant:
+def grant_client_credentials(client: Client, form: Mapping[str, Sequence[str]]) -> ClientGrant:
     """Apply the client-credentials grant to an authenticated client's form."""
     grant_type = _single(form, "grant_type")
     if not grant_type:
@@ -79,12 +79,12 @@ def grant_client_credentials(client: Client, form: Mapping[str, Sequence[str]]) 
         raise OAuthError("unsupported_grant_type", f"grant_type '{grant_type}' is not supported")
     requested = (_single(form, "scope") or "").split()
     if not requested:
-        return Grant(client.client_id, client.allowed_scopes)
+        return ClientGrant(client.client_id, client.allowed_scopes)
     refused = [s for s in requested if s not in client.allowed_scopes]
     if refused:
         raise OAuthError("invalid_scope", f"Scope not allowed for this client: {' '.join(refused)}")
     # Keep the caller's order, drop repeats.
-    return Grant(client.client_id, tuple(dict.fromkeys(requested)))
+    return ClientGrant(client.client_id, tuple(dict.fromkeys(requested)))
 
 
 def _single(form: Mapping[str, Sequence[str]], name: str) -> str | None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.sandbox.tokens import TokenAuthority, TokenError
+from gateway.sandbox.token_issuer import TokenAuthority, TokenError
 from tests.fakes import FakeClock
 
 KEY = b"k" * 32

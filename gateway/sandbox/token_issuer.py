@@ -30,7 +30,7 @@ class TokenError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class AccessToken:
+class IssuedToken:
     """The claims of a token that verified, in the shape the API needs."""
 
     client_id: str
@@ -60,7 +60,7 @@ class TokenAuthority:
         self._clock = clock
         self._next_serial = 1
         self._first_valid_serial = 1
-        self._cache: dict[str, AccessToken] = {}
+        self._cache: dict[str, IssuedToken] = {}
 
     def issue(
         self, *, issuer: str, client_id: str, scopes: tuple[str, ...], lifetime_s: int
@@ -82,7 +82,7 @@ class TokenAuthority:
         signing_input = f"{_json_segment(_HEADER)}.{_json_segment(claims)}"
         return f"{signing_input}.{_b64encode(self._sign(signing_input))}"
 
-    def verify(self, token: str) -> AccessToken:
+    def verify(self, token: str) -> IssuedToken:
         """Return the claims of a valid token, or raise `TokenError` saying why not."""
         claims = self._cache.get(token)
         if claims is None:
@@ -110,7 +110,7 @@ class TokenAuthority:
     def _sign(self, signing_input: str) -> bytes:
         return hmac.new(self._key, signing_input.encode("ascii"), hashlib.sha256).digest()
 
-    def _verify_signature_and_shape(self, token: str) -> AccessToken:
+    def _verify_signature_and_shape(self, token: str) -> IssuedToken:
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError("The token is not a JWT")
@@ -130,7 +130,7 @@ class TokenAuthority:
         try:
             claims = json.loads(_b64decode(claims_b64))
             serial = int(str(claims["jti"]).split("-", 1)[0])
-            return AccessToken(
+            return IssuedToken(
                 client_id=str(claims["client_id"]),
                 scopes=frozenset(str(claims["scope"]).split()),
                 issued_at=int(claims["iat"]),

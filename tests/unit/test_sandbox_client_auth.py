@@ -6,18 +6,18 @@ import base64
 
 import pytest
 
+from gateway.sandbox.client_auth import (
+    IdentityControl,
+    OAuthError,
+    authenticate_client,
+    grant_client_credentials,
+)
 from gateway.sandbox.clients import (
     ALL_SCOPES,
     BUILTIN_CLIENTS,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     LIMITED_CLIENT_ID,
-)
-from gateway.sandbox.identity import (
-    IdentityControl,
-    OAuthError,
-    authenticate_client,
-    grant_client_credentials,
 )
 
 CLIENTS = {c.client_id: c for c in BUILTIN_CLIENTS}
