@@ -12,6 +12,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from gateway.exact_api import ROUTES as EXACT_ROUTES
 from gateway.metrics import ATTEMPT_BUCKETS, REQUEST_BUCKETS
 from gateway.routes import KNOWN_METHODS
 from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url
@@ -19,29 +20,8 @@ from tests.observability.conftest import scrape
 
 REQUESTS = 10_000
 CONCURRENCY = 50
-# The route label's whole vocabulary (README "Metrics", gateway/routes.py).
-ROUTES = frozenset(
-    {
-        "/v1/Subscriptions/active",
-        *(
-            f"/v1/Practices/{{practiceId}}{suffix}"
-            for suffix in (
-                "/details",
-                "/Appointments",
-                "/Appointments/{id}",
-                "/Patients",
-                "/Patients/{id}",
-                "/Patients/{id}/ContactDetails",
-                "/Patients/{id}/Contact",
-                "/Payors",
-                "/Payors/{id}",
-                "/Practitioners",
-                "/Practitioners/{id}",
-            )
-        ),
-        "other",
-    }
-)
+# The route label's whole vocabulary: the EXACT route table's templates, and "other".
+ROUTES = frozenset({route.template for route in EXACT_ROUTES} | {"other"})
 METHODS = frozenset(KNOWN_METHODS | {"other"})
 # Methods aiohttp's parser knows but the gateway does not label by name, and invented ones
 # (aiohttp may refuse those itself with a 400 before the gateway sees them).
