@@ -87,8 +87,11 @@ async def test_sigterm_drains_inflight_then_exits_zero(upstream: ScriptedUpstrea
         async def listener_closed() -> bool:
             # After the grace period new connections are refused.
             try:
-                async with aiohttp.ClientSession() as fresh:
-                    await fresh.get(f"{base}/v1/Subscriptions/active")
+                async with (
+                    aiohttp.ClientSession() as fresh,
+                    fresh.get(f"{base}/v1/Subscriptions/active") as resp,
+                ):
+                    await resp.read()
             except aiohttp.ClientConnectionError:
                 return True
             return False
