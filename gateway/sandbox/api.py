@@ -184,13 +184,20 @@ async def _at_practice(call: Call, handler: Handler) -> web.Response:
     """What the relay answers, given how the practice's server behaves."""
     try:
         await _reach_practice(call)
-        return await handler(call)
+        response = await handler(call)
     except ApiError as error:
         return error.response()
     except Exception:
         # Any bug becomes the API's documented 500, and is logged with its traceback.
         logger.exception("sandbox endpoint failed")
         return ApiError(500, "Server Error").response()
+    if call.practice.behaviour == "late":
+        # The practice did the work; its answer came after the relay's time-out.
+        practice_id = call.practice.practice_id
+        return ApiError(
+            504, f"The server of practice '{practice_id}' did not answer in time"
+        ).response()
+    return response
 
 
 async def _reach_practice(call: Call) -> None:

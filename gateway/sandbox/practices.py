@@ -18,6 +18,9 @@ Behaviours (what the relay answers):
               otherwise as healthy
     erroring  502 after `latency_s`: the practice's server failed the request
     timeout   504 after `latency_s`: the practice's server did not answer in time
+    late      the practice carries the request out (a message is queued, an update applied)
+              but its answer reaches the relay after the relay gave up: 504. The case that
+              makes a repeated POST a duplicate side effect.
 
 Practice ids are matched case-insensitively (assumption: the id is a SQL Server key, which
 compares case-insensitively by default); the spelling used at creation is the one reported.
@@ -32,7 +35,15 @@ from typing import Any
 from gateway.exact_api import PRACTICE_ID, PRACTICE_ID_PATTERN, Version, parse_version
 from gateway.sandbox.config import SandboxConfig
 
-BEHAVIOURS: tuple[str, ...] = ("healthy", "offline", "erroring", "slow", "flaky", "timeout")
+BEHAVIOURS: tuple[str, ...] = (
+    "healthy",
+    "offline",
+    "erroring",
+    "slow",
+    "flaky",
+    "timeout",
+    "late",
+)
 DEFAULT_PMS_VERSION = "13.860"
 OLD_PMS_VERSION = "13.850"  # serves the API, but not PATCH of an appointment (13.856)
 LEGACY_PMS_VERSION = "13.840"  # below 13.842: serves no part of the API

@@ -175,6 +175,27 @@ async def test_a_keyed_post_to_the_sandbox_sends_one_message(
     assert (await control(sandbox, "GET", "/messages"))["total"] == before + 1
 
 
+async def test_a_keyed_post_the_practice_carried_out_behind_a_504_is_not_sent_again(
+    make_sandbox: SandboxFactory, start_on_sandbox: SandboxGatewayFactory
+) -> None:
+    """End to end with the sandbox: the practice queues the SMS but the relay answers 504
+    (behaviour ``late``). The gateway does not retry; the caller's own retry with the same
+    key gets the stored 504, replayed; the sandbox's message log shows one message."""
+    sandbox = await make_sandbox()
+    await control(sandbox, "PUT", "/practices/UKTEST1", {"behaviour": "late"})
+    gateway = await start_on_sandbox(sandbox, **FAST)
+    before = (await control(sandbox, "GET", "/messages"))["total"]
+    async with aiohttp.ClientSession() as client:
+        first = await post(client, gateway, "sms-late")
+        again = await post(client, gateway, "sms-late")
+    assert first[0] == again[0] == 504
+    assert "Idempotent-Replayed" not in first[1]
+    assert again[1]["Idempotent-Replayed"] == "true"
+    assert (await control(sandbox, "GET", "/messages"))["total"] == before + 1
+    log = await control(sandbox, "GET", "/practices/UKTEST1/requests")
+    assert log["attempts"] == 1
+
+
 # -- the right culprit ----------------------------------------------------------------------
 
 
