@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import resource
@@ -177,7 +178,7 @@ class Gateway:
                 history=history,
                 idempotency=IdempotencyStore(policies.idempotency, clock),
             )
-            limits = caller_limits(settings)
+            limits = fitted_to_fd_limit(policies.caller, settings.admin_max_connections)
             listener = Listener(
                 proxy,
                 limits=limits,
@@ -196,19 +197,7 @@ class Gateway:
                 ),
             )
             admin_app.on_response_prepare.append(on_response_prepare)
-            admin_runner = AdminRunner(
-                admin_app,
-                CallerLimits(
-                    head_timeout=limits.head_timeout,
-                    body_idle=limits.body_idle,
-                    write_idle=limits.write_idle,
-                    keepalive_idle=limits.keepalive_idle,
-                    max_head_bytes=limits.max_head_bytes,
-                    max_target_bytes=limits.max_target_bytes,
-                    max_connections=settings.admin_max_connections,
-                ),
-                shutdown_timeout=1,
-            )
+            admin_runner = AdminRunner(admin_app, policies.admin_caller, shutdown_timeout=1)
             # Unwound in reverse: the proxy listener (draining in-flight requests) first, then
             # the admin port, the token task, the clients' sessions, the sockets.
             await admin_runner.setup()
@@ -287,13 +276,13 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-def caller_limits(settings: Settings) -> CallerLimits:
-    """The proxy port's caller-edge bounds, the connection cap kept under the fd limit."""
+def fitted_to_fd_limit(limits: CallerLimits, admin_connections: int) -> CallerLimits:
+    """The proxy port's caller-edge bounds, its connection cap kept under the fd limit."""
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if fd_limit == resource.RLIM_INFINITY:
         fd_limit = 2**20
-    cap = connection_cap(settings.max_connections, fd_limit, settings.admin_max_connections)
-    if cap < settings.max_connections:
+    cap = connection_cap(limits.max_connections, fd_limit, admin_connections)
+    if cap < limits.max_connections:
         log.warning(
             "MAX_CONNECTIONS lowered to fit the open-file limit",
             extra={
@@ -304,15 +293,7 @@ def caller_limits(settings: Settings) -> CallerLimits:
                 }
             },
         )
-    return CallerLimits(
-        head_timeout=settings.request_head_timeout_seconds,
-        body_idle=settings.request_body_idle_seconds,
-        write_idle=settings.response_write_idle_seconds,
-        keepalive_idle=settings.keepalive_idle_seconds,
-        max_head_bytes=settings.max_request_head_bytes,
-        max_target_bytes=settings.max_target_bytes,
-        max_connections=cap,
-    )
+    return dataclasses.replace(limits, max_connections=cap)
 
 
 class AdminRunner(web.AppRunner):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.caller.limits import CallerLimits
 from gateway.credentials import TokenConfig
 from gateway.idempotency import IdempotencyPolicy
 from gateway.resilience import ResiliencePolicy
@@ -42,3 +43,5 @@ class Policies:
     idempotency: IdempotencyPolicy
     proxy: ProxyPolicy
     lifecycle: LifecyclePolicy
+    caller: CallerLimits  # the proxy port's (its connection cap is fitted to the fd limit)
+    admin_caller: CallerLimits  # the admin port's: the same phases, its own connection cap

@@ -10,6 +10,7 @@ echoes the value (it might be the secret).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -34,6 +35,7 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from gateway.caller.limits import CallerLimits
 from gateway.credentials import TokenConfig
 from gateway.egress import Egress, check_ca_bundle, check_proxy_url
 from gateway.errors import ConfigError
@@ -385,6 +387,15 @@ class Settings(BaseSettings):
     def policies(self) -> Policies:
         """The settings as the frozen values the parts of the gateway take (built once)."""
         jitter = self.breaker_open_jitter
+        caller = CallerLimits(
+            head_timeout=self.request_head_timeout_seconds,
+            body_idle=self.request_body_idle_seconds,
+            write_idle=self.response_write_idle_seconds,
+            keepalive_idle=self.keepalive_idle_seconds,
+            max_head_bytes=self.max_request_head_bytes,
+            max_target_bytes=self.max_target_bytes,
+            max_connections=self.max_connections,
+        )
         return Policies(
             resilience=ResiliencePolicy(
                 retry=RetryPolicy(
@@ -445,6 +456,8 @@ class Settings(BaseSettings):
                 deadline=self.deadline_seconds,
                 replay_buffer_bytes=self.replay_buffer_bytes,
             ),
+            caller=caller,
+            admin_caller=dataclasses.replace(caller, max_connections=self.admin_max_connections),
             lifecycle=LifecyclePolicy(
                 shutdown_grace=self.shutdown_grace_seconds,
                 drain=self.drain_seconds,
