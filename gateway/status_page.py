@@ -431,6 +431,7 @@ def status_document(
     breakers: dict[str, Any],
     history: dict[str, Any],
     inflight: int,
+    troubled: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``GET /status`` answers: a safe subset of /token and /breakers, and the history
     (:meth:`gateway.history.History.snapshot`)."""
@@ -463,4 +464,7 @@ def status_document(
             "counts": breakers["counts"],
         },
         "traffic": history["traffic"],
+        "practices": troubled
+        if troubled is not None
+        else {"rows": [], "not_shown": 0, "states": {}, "paused": []},
     }
