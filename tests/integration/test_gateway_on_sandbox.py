@@ -89,7 +89,8 @@ async def test_exact_errors_pass_through(sandbox_gateway: Gateway, sandbox: Test
                 else:
                     assert "X-Gateway-Error" not in resp.headers
     unsubscribed = await control(sandbox, "/practices/UKNOSUB1/requests")
-    assert unsubscribed["attempts"] == 0 and unsubscribed["refused"] == 0
+    assert unsubscribed["attempts"] == 0
+    assert unsubscribed["refused"] == 0
     offline = await control(sandbox, "/practices/UKOFFLINE1/requests")
     assert offline["attempts"] == 3  # a GET on 503: retried up to the 3 attempts
     erroring = await control(sandbox, "/practices/UKERROR1/requests")
