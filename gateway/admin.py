@@ -1,5 +1,6 @@
-"""The admin port: health, readiness, metrics, token and breaker status, and a status page
-(:mod:`gateway.status_page`, fed by :mod:`gateway.history`).
+"""The admin port: health, readiness, metrics, token and breaker status, the availability
+ledger of practices, and a status page (:mod:`gateway.status_page`, fed by
+:mod:`gateway.history` and the ledger).
 
 It listens separately from the proxy so Prometheus and kubelet never compete with callers, and
 it keeps answering during a drain (readiness says ``draining``) until the process exits.
@@ -17,8 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__
 from gateway.admin_access import AdminAccess
+from gateway.exact_api import PRACTICE_ID
 from gateway.history import History
 from gateway.metrics import Metrics
+from gateway.practices.watch import PracticeWatch
 from gateway.resilience import Resilience
 from gateway.status_page import CONTENT_SECURITY_POLICY, PAGE, status_document
 from gateway.tokens import TokenSource
@@ -44,6 +47,7 @@ RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience", Resilience)
 HISTORY: web.AppKey[History] = web.AppKey("history", History)
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 ACCESS: web.AppKey[AdminAccess] = web.AppKey("access", AdminAccess)
+PRACTICES: web.AppKey[PracticeWatch] = web.AppKey("practices", PracticeWatch)
 
 
 @web.middleware
@@ -108,7 +112,47 @@ async def token(request: web.Request) -> web.Response:
 
 async def breakers(request: web.Request) -> web.Response:
     """Every practice breaker that is not closed, the partner-wide one, and counts."""
-    return web.json_response(request.app[RESILIENCE].breaker_status())
+    return web.json_response(
+        request.app[RESILIENCE].breaker_status() | {"paused": request.app[PRACTICES].paused_now()}
+    )
+
+
+async def practices_list(request: web.Request) -> web.Response:
+    """The availability ledger: every practice held (JSON), or one row each (CSV)."""
+    ledger = request.app[PRACTICES].ledger
+    if request.query.get("format") == "csv":
+        return web.Response(
+            text=ledger.to_csv(),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={
+                "Content-Disposition": 'attachment; filename="practices.csv"',
+                "Cache-Control": "no-store",
+            },
+        )
+    return web.json_response(ledger.snapshot(), headers={"Cache-Control": "no-store"})
+
+
+async def practice(request: web.Request) -> web.Response:
+    """One practice of the ledger, with its 24 hourly buckets; 404 when it is not held."""
+    practice_id = request.match_info["practice_id"]
+    entry = None
+    if PRACTICE_ID.fullmatch(practice_id):
+        entry = request.app[PRACTICES].ledger.get(practice_id)
+    if entry is None:
+        return web.json_response(
+            {
+                "type": "urn:exact-gateway:error:practice_not_known",
+                "title": "No such practice in the ledger",
+                "status": 404,
+                "detail": "the ledger holds subscribed and recently seen practices only",
+                "reason": "practice_not_known",
+            },
+            status=404,
+            content_type="application/problem+json",
+            headers={"Cache-Control": "no-store"},
+        )
+    return web.json_response(entry, headers={"Cache-Control": "no-store"})
 
 
 async def status_page(request: web.Request) -> web.Response:
@@ -138,6 +182,7 @@ async def status(request: web.Request) -> web.Response:
             breakers=request.app[RESILIENCE].breaker_status(),
             history=request.app[HISTORY].snapshot(),
             inflight=lifecycle.inflight,
+            troubled=request.app[PRACTICES].troubled(),
         ),
         headers={"Cache-Control": "no-store"},
     )
@@ -150,6 +195,7 @@ def build_admin_app(
     history: History,
     lifecycle: Lifecycle,
     *,
+    practices: PracticeWatch,
     access: AdminAccess | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[access_guard])
@@ -159,6 +205,7 @@ def build_admin_app(
     app[RESILIENCE] = resilience
     app[HISTORY] = history
     app[LIFECYCLE] = lifecycle
+    app[PRACTICES] = practices
     app.router.add_get("/", status_page)
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
@@ -166,4 +213,6 @@ def build_admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/token", token)
     app.router.add_get("/breakers", breakers)
+    app.router.add_get("/practices", practices_list)
+    app.router.add_get("/practices/{practice_id}", practice)
     return app

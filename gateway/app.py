@@ -45,6 +45,7 @@ from gateway.idempotency import IdempotencyStore
 from gateway.lifecycle import GatewayState, until_signalled
 from gateway.metrics import Metrics, build_metrics
 from gateway.policies import Policies
+from gateway.practices.watch import PracticeWatch
 from gateway.proxy import Proxy
 from gateway.resilience import BreakerCollector, Resilience
 from gateway.sandbox_mode import sandbox_for
@@ -111,6 +112,7 @@ class Gateway:
         tokens: TokenSource,
         resilience: Resilience,
         history: History,
+        practices: PracticeWatch,
         proxy: Proxy,
         listener: Listener,
         proxy_port: int,
@@ -123,6 +125,7 @@ class Gateway:
         self.tokens = tokens
         self.resilience = resilience
         self.history = history
+        self.practices = practices
         self.proxy = proxy
         self.listener = listener
         self.proxy_port = proxy_port
@@ -169,6 +172,16 @@ class Gateway:
             # The first token is fetched at once; /readyz turns true when it is held.
             refresh = asyncio.create_task(tokens.run(), name="token-refresh")
             stack.push_async_callback(_cancel, refresh)
+            # What the gateway knows of each practice: admission, the ledger, own calls.
+            practices = PracticeWatch(
+                policies.practices,
+                upstream=clients.upstream,
+                tokens=tokens,
+                resilience=resilience,
+                clock=clock,
+            )
+            practices.start()
+            stack.push_async_callback(practices.stop)
             proxy = Proxy(
                 clients.upstream,
                 tokens,
@@ -177,6 +190,7 @@ class Gateway:
                 policies.proxy,
                 history=history,
                 idempotency=IdempotencyStore(policies.idempotency, clock),
+                practices=practices,
             )
             limits = fitted_to_fd_limit(policies.caller, settings.admin_max_connections)
             listener = Listener(
@@ -192,6 +206,7 @@ class Gateway:
                 resilience,
                 history,
                 state,
+                practices=practices,
                 access=AdminAccess.of(
                     settings.admin_introspection_from, settings.admin_allowed_hosts
                 ),
@@ -214,6 +229,7 @@ class Gateway:
                 tokens=tokens,
                 resilience=resilience,
                 history=history,
+                practices=practices,
                 proxy=proxy,
                 listener=listener,
                 proxy_port=proxy_sock.getsockname()[1],

@@ -1,13 +1,18 @@
 """``exact-gateway check``: prove the configuration works, end to end, and say why if not.
 
-It validates the settings, obtains a token exactly as the gateway would, and calls
-ListActiveSubscriptions. The report is for a person at a terminal; the exit code is for
-scripts: 0 everything works, 2 a configuration problem (bad setting, credentials or scopes
-refused), 1 something could not be reached.
+It validates the settings, obtains a token exactly as the gateway would, calls
+ListActiveSubscriptions and, with ``practice.get``, asks each subscribed practice for its
+details (at most ``PRACTICES_PROBED``, ``PRACTICES_AT_ONCE`` at a time) to report its EXACT
+version and whether it is reachable: one line each for the first ``PRACTICES_LISTED``, then
+a summary. An unreachable practice is reported, not counted as a failure of the gateway.
+The report is for a person at a terminal; the exit code is for scripts: 0 everything works,
+2 a configuration problem (bad setting, credentials or scopes refused), 1 something could
+not be reached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Callable
@@ -17,12 +22,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.app import open_clients
 from gateway.errors import ConfigError, CredentialsRejected, GatewayError, TokenEndpointError
+from gateway.practices.versions import DETAILS_MAX_BYTES, version_from_details
 from gateway.sandbox_mode import sandbox_for
 from gateway.settings import Settings
 from gateway.upstream import Upstream, request_headers
 
 OK, CONFIG_PROBLEM, UNREACHABLE = 0, 2, 1
 SUBSCRIPTIONS = "/v1/Subscriptions/active"
+PRACTICES_PROBED = 200
+PRACTICES_AT_ONCE = 8
+PRACTICES_LISTED = 20
 
 
 @dataclass
@@ -32,6 +41,9 @@ class Report:
 
     def ok(self, what: str, detail: str) -> None:
         self.write(f"  [ok]   {what}: {detail}")
+
+    def warn(self, what: str, detail: str) -> None:
+        self.write(f"  [warn] {what}: {detail}")
 
     def fail(self, what: str, detail: str, code: int) -> None:
         self.write(f"  [FAIL] {what}: {detail}")
@@ -75,19 +87,65 @@ async def _check(settings: Settings, report: Report) -> int:
             f"obtained for client {settings.client_id}, valid for {int(token.lifetime)} s,"
             f" scopes: {' '.join(settings.scopes)}",
         )
-        await _check_subscriptions(clients.upstream, token.value, report)
+        practices = await _check_subscriptions(clients.upstream, token.value, report)
+        if practices and "practice.get" in settings.scopes:
+            await _check_practices(clients.upstream, token.value, practices, report)
     report.write("result: everything works" if report.code == OK else "result: NOT working")
     return report.code
 
 
-async def _check_subscriptions(upstream: Upstream, token: str, report: Report) -> None:
+def _headers(token: str) -> CIMultiDict[str]:
     headers = request_headers(CIMultiDictProxy(CIMultiDict()), token, "exact-gateway-check")
     headers["Accept"] = "application/json"
+    return headers
+
+
+async def _check_practices(
+    upstream: Upstream, token: str, practices: list[str], report: Report
+) -> None:
+    """Version and reachability of each subscribed practice (bounded, summarised)."""
+    slots = asyncio.Semaphore(PRACTICES_AT_ONCE)
+
+    async def probe(practice_id: str) -> tuple[str, str | None, str | None]:
+        async with slots:
+            try:
+                response = await upstream.send(
+                    "GET", f"/v1/Practices/{practice_id}/details", _headers(token), None
+                )
+            except GatewayError as exc:
+                return practice_id, None, exc.reason
+            async with response:
+                if response.status != 200:
+                    return practice_id, None, f"HTTP {response.status}"
+                body = await response.content.read(DETAILS_MAX_BYTES + 1)
+            return practice_id, version_from_details(body) or "unknown", None
+
+    probed = practices[:PRACTICES_PROBED]
+    results = await asyncio.gather(*(probe(p) for p in probed))
+    for practice_id, version, problem in results[:PRACTICES_LISTED]:
+        if problem is None:
+            report.ok(f"practice {practice_id}", f"reachable, EXACT {version}")
+        else:
+            report.warn(f"practice {practice_id}", f"not reachable now ({problem})")
+    if len(practices) > PRACTICES_LISTED:
+        reachable = sum(1 for _, _, problem in results if problem is None)
+        report.write(
+            f"  practices: {reachable} of {len(probed)} asked are reachable"
+            + (
+                f"; {len(practices) - len(probed)} more not asked"
+                if len(practices) > len(probed)
+                else ""
+            )
+        )
+
+
+async def _check_subscriptions(upstream: Upstream, token: str, report: Report) -> list[str]:
+    headers = _headers(token)
     try:
         response = await upstream.send("GET", SUBSCRIPTIONS, headers, None)
     except GatewayError as exc:
         report.fail("ListActiveSubscriptions", exc.detail, UNREACHABLE)
-        return
+        return []
     async with response:
         text = await response.text()
     if response.status == 200:
@@ -102,7 +160,7 @@ async def _check_subscriptions(upstream: Upstream, token: str, report: Report) -
                 "ListActiveSubscriptions",
                 f"{len(practices)} practice(s) subscribed: {shown}{more}",
             )
-            return
+            return [str(p) for p in practices]
         report.fail("ListActiveSubscriptions", "answered 200 with an unexpected body", UNREACHABLE)
     elif response.status in {401, 403}:
         report.fail(
@@ -113,3 +171,4 @@ async def _check_subscriptions(upstream: Upstream, token: str, report: Report) -
         )
     else:
         report.fail("ListActiveSubscriptions", f"answered HTTP {response.status}", UNREACHABLE)
+    return []

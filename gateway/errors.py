@@ -14,6 +14,8 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
     ├── CallerGone                       the caller went away mid-request: nothing to answer
     └── GatewayError                     answered to the caller as problem+json
         ├── BadRequest                   400 bad_request: not a request we will forward
+        ├── PracticeVersionTooOld        400 practice_version_too_old: EXACT at the practice too old
+        ├── PracticeNotSubscribed        403 practice_not_subscribed: not on the subscriptions list
         ├── MethodNotAllowed             405 method_not_allowed: a method outside the allow-list
         ├── RequestTimeout               408 request_timeout: the caller was too slow sending
         ├── IdempotencyKeyInUse          409 idempotency_key_in_use: the key's first request runs
@@ -21,6 +23,7 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
         ├── IdempotencyKeyMismatch       422 idempotency_key_mismatch: the key named another request
         ├── RequestHeaderFieldsTooLarge  431 request_header_fields_too_large: head too big
         ├── TokenUnavailable             503 token_unavailable: no usable bearer token
+        ├── PracticePaused               503 practice_paused: an operator paused the practice
         ├── CircuitOpen                  503 circuit_open: the practice's breaker is open
         ├── UpstreamCircuitOpen          503 upstream_circuit_open: the partner-wide breaker is open
         ├── PracticeBusy                 503 practice_busy: the practice's concurrency limit is full
@@ -129,6 +132,42 @@ class BadRequest(GatewayError):
 # Methods forwarded to EXACT. Anything else (TRACE, which echoes the request and so the bearer
 # token, WebDAV and SSDP methods) is refused before anything is sent.
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+class PracticeVersionTooOld(GatewayError):
+    """The practice's known EXACT version is below the route's minimum: EXACT would refuse it
+    with 400 too, so it is answered here and never relayed."""
+
+    status = 400
+    reason = "practice_version_too_old"
+    title = "The practice's EXACT version is too old for this request"
+
+    def __init__(self, detail: str, *, practice_id: str, version: str, minimum: str) -> None:
+        super().__init__(detail, practice_id=practice_id)
+        self.pms_version = version
+        self.minimum_version = minimum
+
+    def problem(self, request_id: str) -> dict[str, Any]:
+        return super().problem(request_id) | {
+            "pms_version": self.pms_version,
+            "minimum_version": self.minimum_version,
+        }
+
+
+class PracticeNotSubscribed(GatewayError):
+    """The practice is not on a fresh list of active subscriptions (checked again once)."""
+
+    status = 403
+    reason = "practice_not_subscribed"
+    title = "The practice is not subscribed to this product"
+
+
+class PracticePaused(GatewayError):
+    """An operator paused the practice (``PRACTICE_PAUSES_FILE``) until a time."""
+
+    status = 503
+    reason = "practice_paused"
+    title = "The practice is paused by an operator"
 
 
 class MethodNotAllowed(GatewayError):

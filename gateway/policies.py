@@ -9,10 +9,14 @@ policy directly without going through the environment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.caller.limits import CallerLimits
 from gateway.credentials import TokenConfig
 from gateway.idempotency import IdempotencyPolicy
+from gateway.ledger import LedgerPolicy
+from gateway.practices.subscriptions import SubscriptionPolicy
+from gateway.practices.versions import VersionPolicy
 from gateway.resilience import ResiliencePolicy
 from gateway.tokens import TokenPolicy
 
@@ -45,3 +49,30 @@ class Policies:
     lifecycle: LifecyclePolicy
     caller: CallerLimits  # the proxy port's (its connection cap is fitted to the fd limit)
     admin_caller: CallerLimits  # the admin port's: the same phases, its own connection cap
+    practices: PracticesPolicy
+
+
+# Frozen values, so one instance can be every policy's default.
+DEFAULT_LEDGER = LedgerPolicy()
+DEFAULT_VERSIONS = VersionPolicy()
+DEFAULT_SUBSCRIPTIONS = SubscriptionPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class PracticesPolicy:
+    """What the gateway learns about each practice and how (README "Practices")."""
+
+    ledger: LedgerPolicy = DEFAULT_LEDGER
+    versions: VersionPolicy = DEFAULT_VERSIONS
+    subscriptions: SubscriptionPolicy = DEFAULT_SUBSCRIPTIONS
+    version_admission: bool = True
+    synthetic_probes: bool = True
+    pauses_file: Path | None = None
+    pauses_poll: float = 5.0
+    # The scopes the token is requested with: each feature needs its own.
+    scopes: tuple[str, ...] = ()
+    # The gateway's own calls to EXACT (look-ups, probes) in flight at once, and queued.
+    background_concurrency: int = 4
+    background_queue: int = 1000
+    probe_scan_interval: float = 1.0
+    attempt_timeout: float = 30.0

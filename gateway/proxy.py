@@ -54,6 +54,7 @@ from gateway.idempotency import (
 )
 from gateway.metrics import Metrics
 from gateway.policies import ProxyPolicy
+from gateway.practices.watch import PracticeWatch
 from gateway.resilience import Resilience, Ticket
 from gateway.resilience.retry import decide, parse_retry_after, retry_reason
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
@@ -223,8 +224,10 @@ class Proxy:
         *,
         history: History,
         idempotency: IdempotencyStore | None = None,
+        practices: PracticeWatch | None = None,
     ) -> None:
         self._idempotency = idempotency
+        self._practices = practices
         self._history = history
         self._upstream = upstream
         self._tokens = tokens
@@ -248,6 +251,8 @@ class Proxy:
             exchange.deadline = self._clock.monotonic() + deadline_for(
                 request.headers.get("X-Gateway-Timeout"), self._deadline
             )
+            if self._practices is not None:  # paused, unsubscribed, too old: answered here
+                await self._practices.admit(request.method, target, exchange.deadline)
             body, exchange.replayable = await self._body(request)
             claim = self._claim(request, target, exchange, body)
             if isinstance(claim, StoredAnswer):
@@ -487,6 +492,7 @@ class Proxy:
                 ) from None
             self._resilience.observe(ticket, None, error)
             self._observe_attempt(target.route, error.reason, sent)
+            self._feed(target, None, error, sent)
             return Attempt(None, error, ticket)
         except GatewayError as error:
             if isinstance(body, _CallerBody) and (cause := body.failure()) is not None:
@@ -499,6 +505,7 @@ class Proxy:
                 exchange.maybe_delivered = True
             self._resilience.observe(ticket, None, error)
             self._observe_attempt(target.route, error.reason, sent)
+            self._feed(target, None, error, sent)
             return Attempt(None, error, ticket)
         except BaseException:
             exchange.maybe_delivered = True  # cancelled mid-send: assume it may have arrived
@@ -508,6 +515,7 @@ class Proxy:
             exchange.maybe_delivered = True
         self._resilience.observe(ticket, upstream.status, None, upstream.headers.get("Retry-After"))
         self._observe_attempt(target.route, str(upstream.status), sent)
+        self._feed(target, upstream.status, None, sent)
         return Attempt(upstream, None, ticket)
 
     async def _stream(
@@ -519,6 +527,11 @@ class Proxy:
             headers=response_headers(upstream.headers, exchange.request_id),
         )
         kept: bytearray | None = bytearray() if exchange.collect else None
+        tap = None
+        if self._practices is not None:  # a GetPracticeDetails answer tells the version
+            tap = self._practices.tap(
+                exchange.method, exchange.route, exchange.practice_id, upstream.status
+            )
         limit = self._idempotency.max_response_bytes if self._idempotency is not None else 0
         try:
             await response.prepare(request)
@@ -527,8 +540,12 @@ class Proxy:
                     kept += chunk
                     if len(kept) > limit:
                         kept = None  # too large to replay: the record keeps status and headers
+                if tap is not None:
+                    tap.feed(chunk)
                 await response.write(chunk)
             await response.write_eof()
+            if tap is not None:
+                tap.finish()
         except ConnectionError:
             # The caller hung up mid-body, or stopped reading and the listener cut it off
             # (aiohttp raises this on our write): drop the half-read upstream connection.
@@ -592,6 +609,15 @@ class Proxy:
         self._metrics.upstream_attempt_duration.labels(route).observe(
             self._clock.monotonic() - sent
         )
+
+    def _feed(
+        self, target: Target, status: int | None, error: GatewayError | None, sent: float
+    ) -> None:
+        """One attempt's outcome for the availability ledger."""
+        if self._practices is not None:
+            self._practices.observed(
+                target.practice_id, status, error, self._clock.monotonic() - sent
+            )
 
     def _observe(self, exchange: Exchange, elapsed: float) -> None:
         self._history.record(exchange.status, exchange.error is not None, elapsed)

@@ -41,7 +41,10 @@ from gateway.egress import Egress, check_ca_bundle, check_proxy_url
 from gateway.errors import ConfigError
 from gateway.fleet.redis_url import check_redis_url, read_redis_url_file
 from gateway.idempotency import IdempotencyPolicy
-from gateway.policies import LifecyclePolicy, Policies, ProxyPolicy
+from gateway.ledger import LedgerPolicy
+from gateway.policies import LifecyclePolicy, Policies, PracticesPolicy, ProxyPolicy
+from gateway.practices.subscriptions import SubscriptionPolicy
+from gateway.practices.versions import VersionPolicy
 from gateway.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
 from gateway.tokens import TokenPolicy
 
@@ -184,6 +187,14 @@ class Settings(BaseSettings):
     global_concurrency: int = Field(default=10000, ge=1)
     # Operator pauses (README "Practices"): a JSON file watched for changes; unset, none.
     practice_pauses_file: Path | None = None
+    practice_pauses_poll_seconds: float = Field(default=5.0, gt=0)
+    # Knowing each practice (README "Practices"): version admission, subscriptions, probes.
+    practice_version_admission: bool = True
+    practice_version_ttl_seconds: float = Field(default=3600.0, gt=0)
+    subscriptions_refresh_seconds: float = Field(default=300.0, gt=0)
+    subscriptions_recheck_seconds: float = Field(default=10.0, ge=0)
+    synthetic_probes: bool = True
+    ledger_max_practices: int = Field(default=5000, ge=1)
 
     # Idempotency-Key records of POST/PATCH (README "Idempotency"), in memory only.
     idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
@@ -462,6 +473,20 @@ class Settings(BaseSettings):
                 shutdown_grace=self.shutdown_grace_seconds,
                 drain=self.drain_seconds,
                 ready_requires_usable_token=self.ready_requires_usable_token,
+            ),
+            practices=PracticesPolicy(
+                ledger=LedgerPolicy(max_entries=self.ledger_max_practices),
+                versions=VersionPolicy(ttl=self.practice_version_ttl_seconds),
+                subscriptions=SubscriptionPolicy(
+                    refresh_interval=self.subscriptions_refresh_seconds,
+                    recheck_interval=self.subscriptions_recheck_seconds,
+                ),
+                version_admission=self.practice_version_admission,
+                synthetic_probes=self.synthetic_probes,
+                pauses_file=self.practice_pauses_file,
+                pauses_poll=self.practice_pauses_poll_seconds,
+                scopes=self.scopes,
+                attempt_timeout=self.attempt_timeout_seconds,
             ),
         )
 

@@ -73,6 +73,9 @@ table{border-collapse:collapse;width:100%;margin-top:4px}
 th,td{text-align:left;padding:4px 6px;border-bottom:1px solid var(--line);white-space:nowrap}
 th{font-weight:normal;color:var(--dim);font-size:12px}
 td:last-child{white-space:normal}td.empty{color:var(--dim)}
+svg.strip{width:146px;height:12px;margin:0;display:inline-block;vertical-align:middle}
+svg.strip rect.h-ok{fill:var(--green)}svg.strip rect.h-down{fill:var(--verm)}
+svg.strip rect.h-mixed{fill:var(--orange)}svg.strip rect.h-none{fill:var(--line)}
 """.strip()
 
 _SCRIPT = r"""
@@ -189,6 +192,10 @@ function empty(tbody, columns, text) {
   td.colSpan = columns; td.className = "empty"; td.textContent = text;
   tr.appendChild(td); tbody.appendChild(tr);
 }
+const PRACTICE = {unavailable: ["\u2715 unavailable", "bad"], slow: ["\u25d4 slow", "warn"],
+  paused: ["\u23f8 paused", "warn"]};
+const HOUR = {ok: "\u2713 answered", down: "\u2715 failing", mixed: "\u25d0 both",
+  none: "no request"};
 const STATE = {open: ["\u2715 open", "bad"], half_open: ["\u25d0 half-open", "warn"],
   closed: ["\u2713 closed", "ok"]};
 
@@ -274,6 +281,29 @@ function render(s) {
       "one probe let through" : "EXACT answering again"]]);
   }
   if (!u.events.length) empty(events, 3, "\u2713 no change since start: closed");
+
+  // Practices unavailable, slow or paused, from the availability ledger, each with a strip
+  // of its last 24 hours (one cell an hour, oldest first).
+  const troubled = $("troubled"), tp = s.practices;
+  troubled.replaceChildren();
+  for (const p of tp.rows) {
+    const [st, sc] = PRACTICE[p.state] || [p.state, "warn"];
+    const cause = p.pause ? "paused: " + (p.pause.note || "-") : (p.cause || "-");
+    row(troubled, [[p.practice_id], [st, sc], [hhmm(Date.parse(p.since) / 1000, true)],
+      [cause], [p.pms_version || "-"]]);
+    const strip = node("svg", {class: "strip", viewBox: "0 0 146 12",
+      "data-hours": p.hours.length, role: "img", "aria-label": "last 24 hours"});
+    p.hours.forEach((mark, i) => {
+      const cell = node("rect", {class: "h-" + mark, x: i * 6 + 1, y: 1, width: 5, height: 10});
+      cell.appendChild(node("title", {}, HOUR[mark] || mark));
+      strip.appendChild(cell);
+    });
+    const td = document.createElement("td");
+    td.appendChild(strip);
+    troubled.lastChild.appendChild(td);
+  }
+  if (!tp.rows.length) empty(troubled, 6, "\u2713 every practice seen is answering");
+  set("troubled-more", tp.not_shown ? "and " + tp.not_shown + " more" : "");
 
   const tokens = $("token-events");
   tokens.replaceChildren();
@@ -379,6 +409,10 @@ _BODY = """<!doctype html>
 <table><thead><tr><th>At</th><th>Result</th><th>Detail</th></tr></thead>
 <tbody id="token-events"></tbody></table></div>
 </section>
+<section class="panel"><h2>Practices unavailable, slow or paused</h2>
+<table><thead><tr><th>Practice</th><th>State</th><th>Since</th><th>Cause</th><th>EXACT</th>
+<th>Last 24 h (hourly)</th></tr></thead><tbody id="troubled"></tbody></table>
+<small id="troubled-more"></small></section>
 </main><script>{script}</script></body></html>
 """
 
@@ -431,6 +465,7 @@ def status_document(
     breakers: dict[str, Any],
     history: dict[str, Any],
     inflight: int,
+    troubled: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``GET /status`` answers: a safe subset of /token and /breakers, and the history
     (:meth:`gateway.history.History.snapshot`)."""
@@ -463,4 +498,7 @@ def status_document(
             "counts": breakers["counts"],
         },
         "traffic": history["traffic"],
+        "practices": troubled
+        if troubled is not None
+        else {"rows": [], "not_shown": 0, "states": {}, "paused": []},
     }

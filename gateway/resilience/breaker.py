@@ -317,6 +317,11 @@ class BreakerTable:
             soonest = min(self._active, key=lambda k: self._active[k][0].open_until)
             del self._active[soonest]
 
+    def forget(self, key: str) -> None:
+        """Drop the breaker for ``key``, whatever its state (its practice left)."""
+        self._closed.pop(key, None)
+        self._active.pop(key, None)
+
     def not_closed(self) -> Iterator[Breaker]:
         self._expire_active()
         for breaker, _ in list(self._active.values()):

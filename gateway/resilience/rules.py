@@ -58,6 +58,12 @@ UPSTREAM = "upstream"
 _FAILURE_STATUSES = frozenset({503, 504})
 # (state, cause: "connection" or "correlated" unless closed, seconds it opens for when open)
 UpstreamListener = Callable[[str, str | None, float | None], None]
+# (practice id, new state)
+PracticeListener = Callable[[str, str], None]
+# Sends a half-open probe of its own for the ticket's practice, and reports it with observe().
+Prober = Callable[["Ticket"], None]
+# Retry-After for callers while the gateway's own probe is out.
+PROBE_WAIT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +135,26 @@ class Resilience:
         self._upstream_window = policy.upstream_window
         self._upstream_opened_for = ""
         self._upstream_listeners: list[UpstreamListener] = []
+        self._practice_listeners: list[PracticeListener] = []
+        self._prober: Prober | None = None
 
     def watch_upstream(self, listener: UpstreamListener) -> None:
         """Call ``listener`` on every change of the partner-wide breaker (the status page's
         history of EXACT outages)."""
         self._upstream_listeners.append(listener)
+
+    def watch_practices(self, listener: PracticeListener) -> None:
+        """Call ``listener`` on every state change of a practice breaker (the ledger)."""
+        self._practice_listeners.append(listener)
+
+    def probe_with(self, prober: Prober) -> None:
+        """Let ``prober`` send each practice breaker's half-open probe (the gateway's own
+        request) instead of a caller's: callers keep getting ``circuit_open`` meanwhile."""
+        self._prober = prober
+
+    def forget(self, practice_id: str) -> None:
+        """Drop a practice's breaker (it left the subscription list)."""
+        self.breakers.forget(practice_id.upper())
 
     # -- admission --------------------------------------------------------------------------
 
@@ -148,6 +169,9 @@ class Resilience:
             if not admission.allowed:
                 raise _practice_open(practice_id, admission.retry_after)
             practice_probe = admission.probe
+            if practice_probe and self._prober is not None:
+                self._prober(Ticket(breaker, True, False))
+                raise _practice_open(practice_id, PROBE_WAIT)
         upstream: Admission = self.upstream.admit(now)
         if not upstream.allowed:
             if breaker is not None and practice_probe:
@@ -236,6 +260,8 @@ class Resilience:
         fields: dict[str, Any] = {"event": f"breaker_{state.value}", "scope": scope}
         if breaker is not self.upstream:
             fields["practice_id"] = breaker.key
+            for practice_listener in self._practice_listeners:
+                practice_listener(breaker.key, state.value)
         if state is State.OPEN:
             fields["open_for"] = round(breaker.open_until - breaker.opened_at, 1)
         if breaker is self.upstream:

@@ -125,6 +125,16 @@ def test_check_on_inprocess_sandbox_succeeds() -> None:
     assert "everything works" in result.stdout
 
 
+def test_check_reports_each_subscribed_practice() -> None:
+    """With practice.get, check reports each subscribed practice's EXACT version, or that it
+    is not reachable now (a warning, not a failure: exit 0)."""
+    result = run_cli("check", "--environment", "sandbox")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ok]   practice UKTEST1: reachable, EXACT 13.860" in result.stdout
+    assert "[ok]   practice UKOLD1: reachable, EXACT 13.850" in result.stdout
+    assert "[warn] practice UKOFFLINE1: not reachable now (HTTP 503)" in result.stdout
+
+
 async def test_check_with_wrong_secret_says_credentials_refused(sandbox_url: str) -> None:
     """A wrong secret: non-zero exit (2) and a report saying the credentials were refused."""
     code, out, err = await run_cli_async(

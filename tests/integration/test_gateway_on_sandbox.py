@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from gateway.app import Gateway
-from tests.fakes import proxy_url
+from tests.fakes import proxy_url, wait_until
 
 
 async def control(sandbox: TestServer, path: str) -> dict[str, object]:
@@ -65,7 +65,9 @@ async def test_sandbox_sees_gateway_token_and_api_version(
 
 
 async def test_exact_errors_pass_through(sandbox_gateway: Gateway, sandbox: TestServer) -> None:
-    """503 (offline), 502 (erroring), 403 (not subscribed), 404, 400: EXACT's own answers."""
+    """503 (offline), 502 (erroring), 404, 400: EXACT's own answers. 403 (not subscribed)
+    keeps its status but, once the subscription list is known, is the gateway's own mirror
+    (``practice_not_subscribed``) and never reaches EXACT."""
     cases = {
         "/v1/Practices/UKOFFLINE1/details": 503,
         "/v1/Practices/UKERROR1/details": 502,
@@ -73,11 +75,22 @@ async def test_exact_errors_pass_through(sandbox_gateway: Gateway, sandbox: Test
         "/v1/Practices/UKTEST1/Patients/00000000-0000-0000-0000-000000000000": 404,
         "/v1/Practices/UKTEST1/Appointments?from=2024-05-01T00:00:00&to=2024-05-02": 400,
     }
+
+    async def listed() -> bool:
+        return sandbox_gateway.practices.subscriptions.fresh()
+
+    await wait_until(listed, 10)
     async with aiohttp.ClientSession() as client:
         for path, status in cases.items():
             async with client.get(proxy_url(sandbox_gateway, path)) as resp:
                 assert resp.status == status, path
-                assert "X-Gateway-Error" not in resp.headers
+                if "UKNOSUB1" in path:
+                    assert resp.headers["X-Gateway-Error"] == "practice_not_subscribed"
+                else:
+                    assert "X-Gateway-Error" not in resp.headers
+    unsubscribed = await control(sandbox, "/practices/UKNOSUB1/requests")
+    assert unsubscribed["attempts"] == 0
+    assert unsubscribed["refused"] == 0
     offline = await control(sandbox, "/practices/UKOFFLINE1/requests")
     assert offline["attempts"] == 3  # a GET on 503: retried up to the 3 attempts
     erroring = await control(sandbox, "/practices/UKERROR1/requests")

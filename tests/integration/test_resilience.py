@@ -34,6 +34,9 @@ FAST = {
     "retry_backoff_max_seconds": 1.0,
     "breaker_open_seconds": 1.0,
     "breaker_open_jitter": 0.0,
+    # These tests pin the caller probe: what a gateway without practice.get still does
+    # (the synthetic probes are tested in tests/integration/test_practices.py).
+    "synthetic_probes": False,
 }
 
 

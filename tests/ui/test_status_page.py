@@ -137,14 +137,27 @@ async def test_status_page_shows_the_last_15_minutes_in_a_browser(
     points, the token countdown, the EXACT breaker's opening and closing, the token's fetch
     and the failing practice; a screenshot is taken, checked and kept."""
     sandbox = await make_sandbox(slow_latency_s=0.25)
+    pauses = tmp_path / "pauses.json"
+    pauses.write_text(
+        '{"practices": {"UKERROR1": {"pause_until": "2999-01-01T00:00:00Z", "note": "move"}}}'
+    )
     gateway = await start_on_sandbox(
         sandbox,
+        practice_pauses_file=str(pauses),
+        practice_pauses_poll_seconds=0.05,
         retry_max_attempts=1,
         upstream_breaker_practices=20,
         upstream_breaker_open_seconds=0.3,
         breaker_open_seconds=120.0,
     )
     await live_traffic(sandbox, gateway)
+
+    async def ledger_knows() -> bool:
+        view = gateway.practices.troubled()
+        states = {row["practice_id"]: row["state"] for row in view["rows"]}  # type: ignore[attr-defined]
+        return states.get("UKOFFLINE1") == "unavailable" and states.get("UKERROR1") == "paused"
+
+    await wait_until(ledger_knows, 10)
     async with aiohttp.ClientSession() as client:
         async with client.get(admin_url(gateway, "/")) as resp:
             assert resp.status == 200
@@ -174,6 +187,21 @@ async def test_status_page_shows_the_last_15_minutes_in_a_browser(
     assert failing is not None
     assert "<td>UKOFFLINE1</td>" in failing.group(1)
     assert "\u2715 open" in failing.group(1)
+    # The ledger's table: the offline practice and the paused one, each with a 24-hour strip
+    # whose current hour shows failures (for UKOFFLINE1) drawn by the script under the CSP.
+    troubled = re.search(r'<tbody id="troubled">(.*?)</tbody>', dom, re.S)
+    assert troubled is not None
+    offline = re.search(r"<tr><td>UKOFFLINE1</td>(.*?)</tr>", troubled.group(1), re.S)
+    assert offline is not None
+    assert "\u2715 unavailable" in offline.group(1)
+    assert "<td>503</td>" in offline.group(1)
+    assert 'data-hours="24"' in offline.group(1)
+    assert len(re.findall(r'<rect class="h-', offline.group(1))) == 24
+    assert re.search(r'<rect class="h-(down|mixed)"', offline.group(1))
+    paused = re.search(r"<tr><td>UKERROR1</td>(.*?)</tr>", troubled.group(1), re.S)
+    assert paused is not None
+    assert "\u23f8 paused" in paused.group(1)
+    assert "paused: move" in paused.group(1)
     breaker = re.search(r'<tbody id="breaker-events">(.*?)</tbody>', dom, re.S)
     assert breaker is not None
     assert "correlated, for" in breaker.group(1)

@@ -25,6 +25,8 @@ CORE = (
     "gateway.policies",
     "gateway.ledger",
     "gateway.pauses",
+    "gateway.practices.versions",
+    "gateway.practices.subscriptions",
     "gateway.header_policy",
     "gateway.admin_access",
 )
