@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -420,3 +421,30 @@ def test_asking_for_tracing_without_the_sdk_fails_the_start_saying_how_to_instal
     monkeypatch.delitem(sys.modules, "gateway.tracing.sdk", raising=False)
     with pytest.raises(ConfigError, match=r"exact-gateway\[otel\]"):
         start_tracing(TracingSettings(traces_exporter="otlp"), "http://127.0.0.1:1")
+
+
+async def test_a_collector_that_is_down_changes_nothing_for_callers(
+    start_gateway: GatewayFactory, upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spans that cannot be exported are dropped by the SDK's thread: requests still succeed
+    with the W3C context sent on, and the gateway still stops (after the exporter's time-out)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+    gateway = await _traced_gateway(start_gateway, upstream)
+    async with aiohttp.ClientSession() as client:
+        for _ in range(5):
+            async with client.get(
+                proxy_url(gateway, "/v1/Subscriptions/active"),
+                headers={"traceparent": CALLER_TRACEPARENT},
+            ) as resp:
+                assert resp.status == 200
+    assert all(
+        _parent_of(seen.header("traceparent"))[0] == CALLER_TRACE_ID for seen in upstream.seen
+    )
+    await gateway.shutdown()
+    assert gateway.draining
