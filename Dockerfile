@@ -19,7 +19,9 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN /opt/venv/bin/pip install --no-cache-dir .
+# With the "otel" extra, so the chart's tracing.enabled works; the SDK is only imported when
+# OTEL_* variables turn tracing on.
+RUN /opt/venv/bin/pip install --no-cache-dir ".[otel]"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="exact-gateway" \

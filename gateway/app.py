@@ -52,6 +52,7 @@ from gateway.sandbox_mode import sandbox_for
 from gateway.settings import Settings
 from gateway.token_client import TokenClient
 from gateway.tokens import TokenPolicy, TokenSource
+from gateway.tracing import start_tracing
 from gateway.upstream import Upstream, build_session
 
 log = logging.getLogger("exact_gateway.app")
@@ -161,6 +162,9 @@ class Gateway:
             proxy_sock = listen(settings.host, settings.port)
             stack.callback(proxy_sock.close)
             clients = await open_clients(settings, policies, stack)
+            # Off unless OTEL_* ask; shut down after the proxy has drained (spans flushed).
+            tracing = start_tracing(settings.tracing, settings.resolved_api_url())
+            stack.push_async_callback(tracing.shutdown)
             tokens = TokenSource(
                 clients.token_client,
                 metrics,
@@ -191,6 +195,7 @@ class Gateway:
                 history=history,
                 idempotency=IdempotencyStore(policies.idempotency, clock),
                 practices=practices,
+                tracing=tracing,
             )
             limits = fitted_to_fd_limit(policies.caller, settings.admin_max_connections)
             listener = Listener(

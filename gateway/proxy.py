@@ -59,6 +59,7 @@ from gateway.resilience import Resilience, Ticket
 from gateway.resilience.retry import decide, parse_retry_after, retry_reason
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
 from gateway.tokens import TokenSource
+from gateway.tracing import NO_TRACE, RequestSpan, Tracing
 from gateway.upstream import Upstream, forwarded_value, request_headers, response_headers
 
 access_log = logging.getLogger("exact_gateway.access")
@@ -200,6 +201,7 @@ class Exchange:
     maybe_delivered: bool = False
     answer: StoredAnswer | None = None  # what the caller got, kept for an Idempotency-Key
     collect: bool = False  # keep the streamed body (up to a bound) for that record
+    trace: RequestSpan = NO_TRACE  # the SERVER span (gateway/tracing: a no-op when off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +227,9 @@ class Proxy:
         history: History,
         idempotency: IdempotencyStore | None = None,
         practices: PracticeWatch | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing if tracing is not None else Tracing()
         self._idempotency = idempotency
         self._practices = practices
         self._history = history
@@ -244,6 +248,7 @@ class Proxy:
         exchange = Exchange(
             request_id_for(request.headers.get("X-Request-ID")), method_label(request.method)
         )
+        exchange.trace = self._tracing.request(request.method, request.headers)
         try:
             target = parse_target(request.method, request.raw_path)
             exchange.route, exchange.practice_id = target.route, target.practice_id
@@ -293,6 +298,7 @@ class Proxy:
             return problem_response(internal, exchange.request_id)
         finally:
             self._observe(exchange, self._clock.monotonic() - started)
+            exchange.trace.end(exchange.route, exchange.status, exchange.error)
 
     def _claim(
         self,
@@ -370,7 +376,8 @@ class Proxy:
         caller_body: bytes | StreamReader | None,
     ) -> web.StreamResponse:
         body = _CallerBody(caller_body) if isinstance(caller_body, StreamReader) else caller_body
-        token = await self._tokens.get(wait=exchange.deadline - self._clock.monotonic())
+        patience = exchange.deadline - self._clock.monotonic()
+        token = await exchange.trace.token(self._tokens, patience)
         self._resilience.budget.record_request(self._clock.monotonic())
         replayed_401 = False
         retained: StoredAnswer | None = None  # the last failed answer, across a retry's wait
@@ -425,8 +432,9 @@ class Proxy:
         reason = retry_reason(upstream.status if upstream is not None else None, error)
         if reason is None:
             return None
-        if resilience.opened_by(attempt.ticket) is not None:
+        if (opened := resilience.opened_by(attempt.ticket)) is not None:
             # This attempt opened a breaker: retrying into it would only be refused.
+            exchange.trace.breaker_opened(opened)
             self._metrics.retries_skipped.labels("breaker").inc()
             return None
         why = "body_streamed"
@@ -446,9 +454,11 @@ class Proxy:
             if verdict.retry:
                 if resilience.budget.try_spend(self._clock.monotonic()):
                     self._metrics.retries.labels(reason).inc()
+                    exchange.trace.event("retry", {"reason": reason, "wait_s": verdict.wait})
                     return verdict.wait
                 why = "budget"
         self._metrics.retries_skipped.labels(why).inc()
+        exchange.trace.event("retry.skipped", {"reason": why})
         if error is not None and why == "budget":
             error.detail += " (not retried: retries across all requests are at their budget)"
         return None
@@ -465,14 +475,16 @@ class Proxy:
         remaining = exchange.deadline - self._clock.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before EXACT answered")
-        ticket = self._resilience.admit(target.practice_id)
+        ticket = exchange.trace.admit(self._resilience, target.practice_id)
         limit = min(self._attempt_timeout, remaining)
         headers = request_headers(request.headers, token, exchange.request_id)
+        span = exchange.trace.attempt(request.method, target.route, exchange.attempts)
+        span.inject(headers)
         sent = self._clock.monotonic()
         exchange.attempts += 1
         try:
-            upstream = await self._upstream.send(
-                request.method, target.path, headers, body, limit=limit
+            upstream = await span.sent(
+                self._upstream.send(request.method, target.path, headers, body, limit=limit)
             )
         except UpstreamTimeout as error:
             if isinstance(body, _CallerBody) and body.waiting_for_caller:
@@ -639,6 +651,7 @@ class Proxy:
                     "practice_id": exchange.practice_id,
                     "request_id": exchange.request_id,
                     "error": exchange.error,
+                    **exchange.trace.log_fields(),  # trace_id, when tracing is on
                 }
             },
         )

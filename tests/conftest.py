@@ -58,9 +58,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Tests never see the developer's EXACT_GATEWAY_* variables or a stray .env file."""
+    """Tests never see the developer's EXACT_GATEWAY_* or OTEL_* variables (tracing stays
+    off unless a test turns it on) or a stray .env file."""
     for name in list(os.environ):
-        if name.startswith("EXACT_GATEWAY_"):
+        if name.startswith(("EXACT_GATEWAY_", "OTEL_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 

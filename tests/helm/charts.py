@@ -27,6 +27,19 @@ CRD_KINDS = frozenset({"ServiceMonitor", "PodMonitor", "PrometheusRule"})
 
 Manifest = dict[str, Any]
 
+# The standard OpenTelemetry variables the chart sets from tracing.* (the gateway and its SDK
+# read them; they carry no EXACT_GATEWAY_ prefix).
+TRACING_VARIABLES = frozenset(
+    {
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_RESOURCE_ATTRIBUTES",
+    }
+)
+
 
 def resolve_example(workdir: Path) -> Path:
     """The sidecar example with its dependency resolved, as `helm dependency update` does it.

@@ -18,12 +18,13 @@ import pytest
 import yaml
 
 import gateway
-from gateway.settings import ENV_PREFIX, Settings
+from gateway.settings import ENV_PREFIX, Settings, load_tracing_settings
 from tests.helm.charts import (
     CHART,
     CRD_KINDS,
     K8S_VERSIONS,
     REPO,
+    TRACING_VARIABLES,
     Manifest,
     env,
     gateway_container,
@@ -74,6 +75,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "podAnnotations": {"example.com/owner": "payments"},
         "image": {"digest": "sha256:" + "ab" * 32},
         "terminationGracePeriodSeconds": 40,
+        "tracing": {
+            "enabled": True,
+            "endpoint": "http://otel-collector.observability:4318",
+            "serviceName": "exact-gateway-payments",
+            "samplerRatio": 0.25,
+            "resourceAttributes": {"deployment.environment.name": "qa", "team": "payments"},
+        },
     },
     "existing-secret": {
         "settings": {**QA, "environment": "production"},
@@ -229,9 +237,10 @@ def test_recommended_labels_and_version_free_selectors(
 def test_every_environment_variable_is_a_gateway_setting(
     rendered: tuple[str, list[Manifest]],
 ) -> None:
-    """Only EXACT_GATEWAY_<field> names the gateway reads; the secret only as a file path."""
+    """Only EXACT_GATEWAY_<field> names the gateway reads (and the standard OTEL_* names of
+    tracing); the secret only as a file path."""
     name, manifests = rendered
-    readable = {ENV_PREFIX + field.upper() for field in Settings.model_fields}
+    readable = {ENV_PREFIX + field.upper() for field in Settings.model_fields} | TRACING_VARIABLES
     extra = VALUE_SETS[name].get("extraEnv", [])
     for manifest in manifests:
         if manifest["kind"] != "Deployment":
@@ -461,6 +470,10 @@ def test_a_string_port_breaks_the_schema() -> None:
             "at '/settings': additional properties 'retryMaxAtempts' not allowed",
         ),
         ({"settings": {"logLevel": "verbose"}}, "at '/settings/logLevel': value must be one of"),
+        ({"tracing": {"samplerRatio": 1.5}}, "at '/tracing/samplerRatio': maximum"),
+        ({"tracing": {"endpoint": "collector:4318"}}, "at '/tracing/endpoint'"),
+        ({"tracing": {"resourceAttributes": {"a": "x,y=z"}}}, "at '/tracing/resourceAttributes"),
+        ({"tracing": {"exporter": "zipkin"}}, "additional properties 'exporter' not allowed"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], expected: str) -> None:
@@ -638,3 +651,26 @@ def test_inconsistent_corporate_values_fail(values: dict[str, Any], message: str
         render({**SANDBOX, **values})
     assert message in str(caught.value)
     assert "pass@" not in str(caught.value)
+
+
+def test_tracing_values_become_the_standard_otel_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tracing.* maps to OTEL_* (which the gateway then reads as tracing on); off, the chart
+    sets no OTEL_* variable at all."""
+    container = gateway_container(pod_spec(render(VALUE_SETS["standalone-everything"])))
+    variables = {k: v for k, v in env(container).items() if k.startswith("OTEL_")}
+    assert variables == {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+        "OTEL_SERVICE_NAME": "exact-gateway-payments",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=qa,team=payments",
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert load_tracing_settings().enabled
+    for values in (SANDBOX, {**SANDBOX, "tracing": {"endpoint": "http://c:4318"}}):
+        container = gateway_container(pod_spec(render(values)))
+        assert not [e for e in container["env"] if e["name"].startswith("OTEL_")]

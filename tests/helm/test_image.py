@@ -110,7 +110,7 @@ def test_build_stage_installs_a_working_gateway(tmp_path: Path) -> None:
             ran.append(arguments)
     assert ran == [
         f"python -m venv {VENV_IN_IMAGE}",
-        f"{VENV_IN_IMAGE}/bin/pip install --no-cache-dir .",
+        f'{VENV_IN_IMAGE}/bin/pip install --no-cache-dir ".[otel]"',
     ]
 
     env = {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -139,7 +139,8 @@ def test_build_stage_installs_a_working_gateway(tmp_path: Path) -> None:
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import gateway, importlib.metadata as m;"
+            # The otel extra is in: the chart's tracing.enabled finds the SDK.
+            "import gateway, gateway.tracing.sdk, importlib.metadata as m;"
             "print(gateway.__file__);"
             "print('\\n'.join(str(f) for f in m.files('exact-gateway')))",
         ],

@@ -50,6 +50,7 @@ SIDECAR_SETS: dict[str, dict[str, Any]] = {
             "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
             "caBundle": {"secret": "corporate-ca"},
             "egressProxy": {"url": "http://[fd00::1]:3128"},
+            "tracing": {"enabled": True, "samplerRatio": 0.5},
         }
     },
     "regular-container-existing-secret": {
@@ -192,3 +193,8 @@ def test_corporate_values_reach_the_sidecar(example_chart: Path) -> None:
         "scratch",
     ]
     assert spec["volumes"][1]["secret"]["secretName"] == "corporate-ca"
+    # Tracing on with no endpoint: the SDK's default, a collector in the same pod.
+    assert variables["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert variables["OTEL_SERVICE_NAME"] == "exact-gateway"
+    assert variables["OTEL_TRACES_SAMPLER_ARG"] == "0.5"
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in variables

@@ -123,3 +123,20 @@ def test_the_rule_catches_a_violation(tmp_path: Path) -> None:
         file = tmp_path / "m.py"
         file.write_text(source)
         assert any(name.startswith("aiohttp") for name in imports_of(file))
+
+
+def test_only_the_tracing_sdk_room_imports_opentelemetry() -> None:
+    """The SDK is an optional extra: one module imports it, and only start_tracing imports
+    that module (lazily), so a gateway without the extra, or with tracing off, never loads it."""
+    importers = {
+        module_name(file)
+        for file in module_files("gateway")
+        if any(name.startswith("opentelemetry") for name in imports_of(file))
+    }
+    assert importers == {"gateway.tracing.sdk"}
+    users = {
+        module_name(file)
+        for file in module_files("gateway")
+        if "gateway.tracing.sdk" in imports_of(file)
+    }
+    assert users == {"gateway.tracing"}

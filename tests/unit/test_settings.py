@@ -211,3 +211,61 @@ def test_practice_pauses_file_is_unset_by_default(monkeypatch: pytest.MonkeyPatc
     assert load_settings(environment="sandbox").practice_pauses_file == Path(
         "/nonexistent/pauses.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("variables", "enabled"),
+    [
+        ({}, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_TRACES_EXPORTER": " OTLP "}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector/v1/traces"}, True),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "TRUE"}, False),
+        # The specification: only "true" disables; anything else is false.
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "yes"}, True),
+        ({"OTEL_SERVICE_NAME": "billing", "OTEL_TRACES_SAMPLER": "always_on"}, False),
+        ({"OTEL_TRACES_EXPORTER": "", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}, False),
+    ],
+)
+def test_tracing_is_on_only_when_the_otel_variables_ask(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], enabled: bool
+) -> None:
+    """Off by default; an exporter of otlp or an OTLP endpoint turns it on; none or
+    OTEL_SDK_DISABLED=true turn it off; the SDK's other variables alone change nothing."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(environment="sandbox")
+    assert settings.tracing.enabled is enabled
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("OTEL_TRACES_EXPORTER", "zipkin", "must be otlp or none"),
+        ("OTEL_TRACES_EXPORTER", "otlp,console", "must be otlp or none"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "must be http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json", "must be http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "must be an absolute http"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c/v1/traces", "must be an absolute http"),
+    ],
+)
+def test_bad_otel_variables_fail_the_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    """A typo in a tracing variable is a configuration error naming it, never a silent off."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name}: {message}") as caught:
+        load_settings(environment="sandbox")
+    assert value not in str(caught.value)
+
+
+def test_otel_variables_are_read_from_the_environment_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A .env file does not turn tracing on: the SDK would not see its other variables."""
+    (tmp_path / ".env").write_text("OTEL_TRACES_EXPORTER=otlp\n")
+    monkeypatch.chdir(tmp_path)
+    assert not load_settings(environment="sandbox").tracing.enabled

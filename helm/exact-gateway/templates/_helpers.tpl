@@ -144,7 +144,8 @@ when it leaves no room for the drain), else max(30, drain budget + 5).
 {{- end }}
 {{- end }}
 
-{{/* The gateway's environment: only EXACT_GATEWAY_* variables that the gateway reads. */}}
+{{/* The gateway's environment: only EXACT_GATEWAY_* variables that the gateway reads, and the
+standard OTEL_* ones of tracing.* */}}
 {{- define "exact-gateway.env" -}}
 {{- $sidecar := eq (toString .Values.mode) "sidecar" -}}
 - name: EXACT_GATEWAY_HOST
@@ -179,8 +180,37 @@ when it leaves no room for the drain), else max(30, drain budget + 5).
   value: {{ include "exact-gateway.envValue" $value | quote }}
 {{- end }}
 {{- end }}
+{{- include "exact-gateway.tracingEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The standard OpenTelemetry variables for tracing.* (none at all when it is off). */}}
+{{- define "exact-gateway.tracingEnv" -}}
+{{- with .Values.tracing }}
+{{- if .enabled }}
+- name: OTEL_TRACES_EXPORTER
+  value: "otlp"
+{{- if .endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .endpoint | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .serviceName | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: "parentbased_traceidratio"
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ include "exact-gateway.envValue" .samplerRatio | quote }}
+{{- with .resourceAttributes }}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key (toString $value)) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $pairs | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
