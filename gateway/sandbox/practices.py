@@ -4,9 +4,11 @@ log of what reached it.
 In the real service every practice call is relayed by HSO's cloud to the practice's own
 EXACT server, so availability and latency are per practice. Each `Practice` here stands for
 that server: its `behaviour` decides what the relay answers, and `attempts` plus the bounded
-request log (and `peak_inflight`, the most requests at its server at once) show exactly which requests reached it (and which the relay refused before it:
+request log show exactly which requests reached it (and which the relay refused before it:
 `refused`, logged with `relayed: false`), which is what resilience tests need to assert on
-(retries, breakers, bulkheads, requests the gateway answers itself). Its `pms_version` is
+(retries, breakers, bulkheads, requests the gateway answers itself); `peak_inflight` is the
+most requests its server ever had at once (what a concurrency limit must bound). Its
+`pms_version` is
 judged against the minimum versions of `gateway.exact_api`.
 
 Behaviours (what the relay answers):
