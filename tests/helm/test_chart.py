@@ -656,7 +656,7 @@ def test_redis_url_from_a_secret_file_and_the_state_file_on_an_emptydir() -> Non
         (
             {
                 "stateFile": {"enabled": True},
-                "settings": {**SANDBOX["settings"], "stateFile": "/tmp/state.json"},
+                "settings": {**SANDBOX["settings"], "stateFile": "/data/state.json"},
             },
             "set stateFile.enabled or settings.stateFile, not both",
         ),
