@@ -10,7 +10,8 @@ rule is :mod:`gateway.admin_access`, applied to every request by one middleware)
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -48,6 +49,9 @@ HISTORY: web.AppKey[History] = web.AppKey("history", History)
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 ACCESS: web.AppKey[AdminAccess] = web.AppKey("access", AdminAccess)
 PRACTICES: web.AppKey[PracticeWatch] = web.AppKey("practices", PracticeWatch)
+# The fleet's part of /status (gateway.fleet.member.FleetMember.status), when it is on.
+FleetStatus = Callable[[], dict[str, Any]]
+FLEET: web.AppKey[FleetStatus] = web.AppKey("fleet")
 
 
 @web.middleware
@@ -183,7 +187,9 @@ async def status(request: web.Request) -> web.Response:
             history=request.app[HISTORY].snapshot(),
             inflight=lifecycle.inflight,
             troubled=request.app[PRACTICES].troubled(),
-        ),
+        )
+        # The Redis link's state and this replica's share: null when the fleet is off.
+        | {"fleet": request.app[FLEET]() if FLEET in request.app else None},
         headers={"Cache-Control": "no-store"},
     )
 
@@ -196,6 +202,7 @@ def build_admin_app(
     lifecycle: Lifecycle,
     *,
     practices: PracticeWatch,
+    fleet: FleetStatus | None = None,
     access: AdminAccess | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[access_guard])
@@ -206,6 +213,8 @@ def build_admin_app(
     app[HISTORY] = history
     app[LIFECYCLE] = lifecycle
     app[PRACTICES] = practices
+    if fleet is not None:
+        app[FLEET] = fleet
     app.router.add_get("/", status_page)
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)

@@ -25,6 +25,7 @@ import resource
 import socket
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +41,7 @@ from gateway.caller import (
     on_response_prepare,
 )
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import ConfigError
 from gateway.history import History
 from gateway.idempotency import IdempotencyStore
 from gateway.lifecycle import GatewayState, until_signalled
@@ -54,6 +56,11 @@ from gateway.token_client import TokenClient
 from gateway.tokens import TokenPolicy, TokenSource
 from gateway.tracing import start_tracing
 from gateway.upstream import Upstream, build_session
+
+if TYPE_CHECKING:
+    # The fleet (and the redis package, which loads OpenTelemetry when it is installed) is
+    # imported only when REDIS_URL or STATE_FILE turns it on.
+    from gateway.fleet.member import FleetMember
 
 log = logging.getLogger("exact_gateway.app")
 
@@ -116,6 +123,7 @@ class Gateway:
         practices: PracticeWatch,
         proxy: Proxy,
         listener: Listener,
+        fleet: FleetMember | None,
         proxy_port: int,
         admin_port: int,
         stack: contextlib.AsyncExitStack,
@@ -129,6 +137,7 @@ class Gateway:
         self.practices = practices
         self.proxy = proxy
         self.listener = listener
+        self.fleet = fleet
         self.proxy_port = proxy_port
         self.admin_port = admin_port
         self._stack = stack
@@ -184,6 +193,17 @@ class Gateway:
                 resilience=resilience,
                 clock=clock,
             )
+            # Beyond one replica (off unless STATE_FILE or REDIS_URL is set): the snapshot is
+            # read back before the listener opens, so a practice that was out when this
+            # process stopped answers circuit_open from the first request.
+            keys = IdempotencyStore(policies.idempotency, clock)
+            fleet = None
+            if policies.fleet.on:
+                fleet = await _fleet_member(
+                    settings, policies, metrics, resilience, practices, clock, keys
+                )
+                fleet.restore()
+                await fleet.start(stack)
             practices.start()
             stack.push_async_callback(practices.stop)
             proxy = Proxy(
@@ -193,7 +213,7 @@ class Gateway:
                 resilience,
                 policies.proxy,
                 history=history,
-                idempotency=IdempotencyStore(policies.idempotency, clock),
+                idempotency=keys if fleet is None else fleet.keys,
                 practices=practices,
                 tracing=tracing,
             )
@@ -212,6 +232,7 @@ class Gateway:
                 history,
                 state,
                 practices=practices,
+                fleet=fleet.status if fleet is not None else None,
                 access=AdminAccess.of(
                     settings.admin_introspection_from, settings.admin_allowed_hosts
                 ),
@@ -237,6 +258,7 @@ class Gateway:
                 practices=practices,
                 proxy=proxy,
                 listener=listener,
+                fleet=fleet,
                 proxy_port=proxy_sock.getsockname()[1],
                 admin_port=admin_sock.getsockname()[1],
                 stack=stack.pop_all(),
@@ -290,6 +312,41 @@ class Gateway:
         # undoes everything else in reverse start order.
         await self._stack.aclose()
         log.info("stopped", extra={"fields": {"event": "stop"}})
+
+
+async def _fleet_member(  # noqa: PLR0917 (the parts the fleet hooks into, in build order)
+    settings: Settings,
+    policies: Policies,
+    metrics: Metrics,
+    resilience: Resilience,
+    practices: PracticeWatch,
+    clock: Clock,
+    keys: IdempotencyStore,
+) -> FleetMember:
+    from gateway.fleet.member import build_member  # noqa: PLC0415 - only when it is on
+    from gateway.fleet.namespace import gateway_identity  # noqa: PLC0415
+
+    fleet = policies.fleet
+    try:
+        secret = await policies.credentials.read_secret()
+    except ConfigError:
+        # The token source reports the missing secret; keys then stay local (no shared HMAC).
+        secret = ""
+    return build_member(
+        identity=gateway_identity(settings.environment.value, settings.client_id),
+        state_file_path=fleet.state_file,
+        save_interval=fleet.save_interval,
+        redis_url=fleet.redis_url if secret else None,
+        redis_timeout=fleet.redis_timeout,
+        heartbeat=fleet.heartbeat,
+        client_secret=secret,
+        registry=metrics.registry,
+        resilience=resilience,
+        practices=practices,
+        clock=clock,
+        local_keys=keys,
+        idempotency_ttl=policies.idempotency.ttl,
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -29,6 +29,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from gateway.clock import Clock
 from gateway.errors import BadRequest, IdempotencyKeyInUse, IdempotencyKeyMismatch
@@ -115,6 +116,19 @@ class IdempotencyPolicy:
     max_stored_bytes: int = 16 * 1024 * 1024
 
 
+class IdempotencyKeys(Protocol):
+    """What the proxy asks of a key store: this process's (:class:`IdempotencyStore`) or the
+    fleet's (:class:`gateway.fleet.shared_keys.SharedKeys`, which wraps it)."""
+
+    max_response_bytes: int
+
+    async def claim(self, key: str, print_: str) -> Claim | StoredAnswer: ...
+
+    def complete(self, claim: Claim, answer: StoredAnswer) -> None: ...
+
+    def release(self, claim: Claim) -> None: ...
+
+
 class IdempotencyStore:
     def __init__(self, policy: IdempotencyPolicy, clock: Clock) -> None:
         self._ttl = policy.ttl
@@ -151,6 +165,10 @@ class IdempotencyStore:
             self._evict_one()
         self._records[key] = Record(print_, now + self._ttl)
         return Claim(key, print_)
+
+    async def claim(self, key: str, print_: str) -> Claim | StoredAnswer:
+        """:meth:`begin`, as the proxy calls it (:class:`IdempotencyKeys`)."""
+        return self.begin(key, print_)
 
     def complete(self, claim: Claim, answer: StoredAnswer) -> None:
         """The request may have reached the practice: remember its answer for repeats."""

@@ -8,7 +8,7 @@ policy directly without going through the environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.caller.limits import CallerLimits
@@ -40,6 +40,22 @@ class LifecyclePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetPolicy:
+    """Beyond one replica (README "Fleet"): the state file and the optional Redis."""
+
+    state_file: Path | None = None
+    save_interval: float = 5.0
+    # May hold a password: never logged or shown (only its redacted form is).
+    redis_url: str | None = field(default=None, repr=False)
+    redis_timeout: float = 0.05
+    heartbeat: float = 1.0
+
+    @property
+    def on(self) -> bool:
+        return self.state_file is not None or self.redis_url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Policies:
     resilience: ResiliencePolicy
     tokens: TokenPolicy
@@ -50,6 +66,7 @@ class Policies:
     caller: CallerLimits  # the proxy port's (its connection cap is fitted to the fd limit)
     admin_caller: CallerLimits  # the admin port's: the same phases, its own connection cap
     practices: PracticesPolicy
+    fleet: FleetPolicy = field(default_factory=FleetPolicy)
 
 
 # Frozen values, so one instance can be every policy's default.

@@ -47,7 +47,7 @@ from gateway.history import History
 from gateway.idempotency import (
     KEYED_METHODS,
     Claim,
-    IdempotencyStore,
+    IdempotencyKeys,
     StoredAnswer,
     fingerprint,
     valid_key,
@@ -225,7 +225,7 @@ class Proxy:
         policy: ProxyPolicy,
         *,
         history: History,
-        idempotency: IdempotencyStore | None = None,
+        idempotency: IdempotencyKeys | None = None,
         practices: PracticeWatch | None = None,
         tracing: Tracing | None = None,
     ) -> None:
@@ -259,7 +259,7 @@ class Proxy:
             if self._practices is not None:  # paused, unsubscribed, too old: answered here
                 await self._practices.admit(request.method, target, exchange.deadline)
             body, exchange.replayable = await self._body(request)
-            claim = self._claim(request, target, exchange, body)
+            claim = await self._claim(request, target, exchange, body)
             if isinstance(claim, StoredAnswer):
                 exchange.status = claim.status
                 replay = stored_response(claim, exchange.request_id)
@@ -300,7 +300,7 @@ class Proxy:
             self._observe(exchange, self._clock.monotonic() - started)
             exchange.trace.end(exchange.route, exchange.status, exchange.error)
 
-    def _claim(
+    async def _claim(
         self,
         request: web.BaseRequest,
         target: Target,
@@ -318,7 +318,7 @@ class Proxy:
             return None
         buffered = body if isinstance(body, bytes) else None
         print_ = fingerprint(request.method, target.path, buffered, request.content_length)
-        claim = self._idempotency.begin(valid_key(key), print_)
+        claim = await self._idempotency.claim(valid_key(key), print_)
         exchange.collect = isinstance(claim, Claim)
         return claim
 

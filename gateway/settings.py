@@ -43,7 +43,13 @@ from gateway.errors import ConfigError
 from gateway.fleet.redis_url import check_redis_url, read_redis_url_file
 from gateway.idempotency import IdempotencyPolicy
 from gateway.ledger import LedgerPolicy
-from gateway.policies import LifecyclePolicy, Policies, PracticesPolicy, ProxyPolicy
+from gateway.policies import (
+    FleetPolicy,
+    LifecyclePolicy,
+    Policies,
+    PracticesPolicy,
+    ProxyPolicy,
+)
 from gateway.practices.subscriptions import SubscriptionPolicy
 from gateway.practices.versions import VersionPolicy
 from gateway.resilience import BreakerPolicy, ResiliencePolicy, RetryPolicy
@@ -573,7 +579,19 @@ class Settings(BaseSettings):
                 scopes=self.scopes,
                 attempt_timeout=self.attempt_timeout_seconds,
             ),
+            fleet=FleetPolicy(
+                state_file=self.state_file,
+                save_interval=self.state_save_interval_seconds,
+                redis_url=self._redis_url(),
+                redis_timeout=self.redis_timeout_seconds,
+                heartbeat=self.redis_heartbeat_seconds,
+            ),
         )
+
+    def _redis_url(self) -> str | None:
+        if self.redis_url_file is not None:
+            return read_redis_url_file(self.redis_url_file)
+        return self.redis_url.get_secret_value() if self.redis_url is not None else None
 
     @property
     def egress(self) -> Egress:

@@ -168,13 +168,16 @@ class Breaker:
         if self.consecutive_failures >= self._policy.consecutive or self._ratio_tripped(now):
             self._open(now)
 
-    def trip(self, now: float) -> None:
-        """Open now, whatever the counts say (a failure seen elsewhere)."""
+    def trip(self, now: float, until: float | None = None) -> None:
+        """Open now, whatever the counts say (a failure seen elsewhere); until ``until``
+        when given (a verdict shared by another replica, or a restored snapshot)."""
         if self.state is State.OPEN:
+            if until is not None:
+                self.open_until = max(self.open_until, until)
             return
         if self.state is State.HALF_OPEN:
             self.reopenings += 1
-        self._open(now)
+        self._open(now, until)
 
     def release(self) -> None:
         """An admitted probe ended without an answer (the caller left): let another try."""
@@ -232,12 +235,12 @@ class Breaker:
 
     # -- transitions ------------------------------------------------------------------------
 
-    def _open(self, now: float) -> None:
+    def _open(self, now: float, until: float | None = None) -> None:
         self.opened_at = now
         duration = self._policy.open_duration(self.reopenings, self._rng)
         duration = max(duration, min(self.retry_hint, self._policy.open_max))
         self.retry_hint = 0.0
-        self.open_until = now + duration
+        self.open_until = now + duration if until is None else until
         self.consecutive_failures = 0
         self._move(State.OPEN)
 

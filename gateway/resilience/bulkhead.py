@@ -49,6 +49,16 @@ class Bulkhead:
                 del self._by_practice[key]
 
     @property
+    def per_practice(self) -> int:
+        return self._per_practice
+
+    @per_practice.setter
+    def per_practice(self, limit: int) -> None:
+        """Change the per-practice limit at run time (a replica's share of the fleet's):
+        requests already in flight keep their slots; new ones see the new limit."""
+        self._per_practice = max(1, limit)
+
+    @property
     def inflight(self) -> int:
         return self._inflight
 

@@ -60,6 +60,10 @@ _FAILURE_STATUSES = frozenset({503, 504})
 UpstreamListener = Callable[[str, str | None, float | None], None]
 # (practice id, new state)
 PracticeListener = Callable[[str, str], None]
+# (practice breaker, previous state, new state): the fleet's view of every transition
+BreakerListener = Callable[[Breaker, State, State], None]
+# (practice breaker, EXACT's status): the breaker just opened on EXACT's own 503/504
+OpeningListener = Callable[[Breaker, int], None]
 # Sends a half-open probe of its own for the ticket's practice, and reports it with observe().
 Prober = Callable[["Ticket"], None]
 # Retry-After for callers while the gateway's own probe is out.
@@ -136,6 +140,8 @@ class Resilience:
         self._upstream_opened_for = ""
         self._upstream_listeners: list[UpstreamListener] = []
         self._practice_listeners: list[PracticeListener] = []
+        self._breaker_listeners: list[BreakerListener] = []
+        self._opening_listeners: list[OpeningListener] = []
         self._prober: Prober | None = None
 
     def watch_upstream(self, listener: UpstreamListener) -> None:
@@ -146,6 +152,17 @@ class Resilience:
     def watch_practices(self, listener: PracticeListener) -> None:
         """Call ``listener`` on every state change of a practice breaker (the ledger)."""
         self._practice_listeners.append(listener)
+
+    def watch_breakers(self, listener: BreakerListener) -> None:
+        """Call ``listener`` with the breaker and both states on every practice transition
+        (the fleet: a successful probe closing, restored and shared verdicts)."""
+        self._breaker_listeners.append(listener)
+
+    def watch_openings(self, listener: OpeningListener) -> None:
+        """Call ``listener`` when a practice breaker opens because EXACT itself answered
+        503 or 504 (its relay's verdict, the same for every replica): never for our own
+        time-outs, connection errors or a caller's fault."""
+        self._opening_listeners.append(listener)
 
     def probe_with(self, prober: Prober) -> None:
         """Let ``prober`` send each practice breaker's half-open probe (the gateway's own
@@ -223,6 +240,7 @@ class Resilience:
             return
         practice_failed = waited_on_practice or status in _FAILURE_STATUSES
         hint = parse_retry_after(retry_after, self.clock.wall()) if practice_failed else None
+        was_open = practice.state is State.OPEN
         practice.record(
             now, _verdict(practice_failed), probe=ticket.practice_probe, retry_after=hint
         )
@@ -235,6 +253,9 @@ class Resilience:
         self._observe_upstream(now, host, ticket.upstream_probe)
         if self._correlated.record(practice.key, now, practice_failed):
             self._correlated_failure(now)
+        if status in _FAILURE_STATUSES and not was_open and practice.state is State.OPEN:
+            for opened in self._opening_listeners:  # EXACT's own verdict (error is None here)
+                opened(practice, status)
 
     def _observe_upstream(self, now: float, observation: Observation, probe: bool) -> None:
         was_open = self.upstream.state is State.OPEN
@@ -262,6 +283,8 @@ class Resilience:
             fields["practice_id"] = breaker.key
             for practice_listener in self._practice_listeners:
                 practice_listener(breaker.key, state.value)
+            for breaker_listener in self._breaker_listeners:
+                breaker_listener(breaker, previous, state)
         if state is State.OPEN:
             fields["open_for"] = round(breaker.open_until - breaker.opened_at, 1)
         if breaker is self.upstream:

@@ -172,11 +172,15 @@ def _admit(
 async def _relay(call: Call, handler: Handler, api_version: str | None) -> web.Response:
     at = call.state.config.monotonic()
     status: int | None = None  # stays None if the caller goes away mid-request
+    practice = call.practice
+    practice.inflight += 1
+    practice.peak_inflight = max(practice.peak_inflight, practice.inflight)
     try:
         response = await _at_practice(call, handler)
         status = response.status
         return response
     finally:
+        practice.inflight -= 1
         _log(call.practice, call.request, call.state, status, api_version, relayed=True, at=at)
 
 

@@ -6,7 +6,9 @@ EXACT server, so availability and latency are per practice. Each `Practice` here
 that server: its `behaviour` decides what the relay answers, and `attempts` plus the bounded
 request log show exactly which requests reached it (and which the relay refused before it:
 `refused`, logged with `relayed: false`), which is what resilience tests need to assert on
-(retries, breakers, bulkheads, requests the gateway answers itself). Its `pms_version` is
+(retries, breakers, bulkheads, requests the gateway answers itself); `peak_inflight` is the
+most requests its server ever had at once (what a concurrency limit must bound). Its
+`pms_version` is
 judged against the minimum versions of `gateway.exact_api`.
 
 Behaviours (what the relay answers):
@@ -63,6 +65,8 @@ class Practice:
     pms_version: str = DEFAULT_PMS_VERSION
     attempts: int = 0  # requests relayed to the practice's server
     refused: int = 0  # requests for it the relay refused first (401, 400 version, 403)
+    inflight: int = 0  # requests at the practice's server right now
+    peak_inflight: int = 0  # the most ever at once: what a concurrency limit must bound
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_LIMIT))
 
     @property
@@ -80,6 +84,8 @@ class Practice:
             "subscribed": self.subscribed,
             "pms_version": self.pms_version,
             "attempts": self.attempts,
+            "inflight": self.inflight,
+            "peak_inflight": self.peak_inflight,
         }
 
 

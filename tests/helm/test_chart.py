@@ -619,9 +619,60 @@ def test_corporate_values_reach_the_pod_spec() -> None:
     assert proxy == "http://proxy.corp.example:3128"
 
 
+def test_redis_url_from_a_secret_file_and_the_state_file_on_an_emptydir() -> None:
+    """redis.existingSecret is mounted read-only and passed as EXACT_GATEWAY_REDIS_URL_FILE
+    (never as a value); the state file lives on an emptyDir when asked, and not otherwise."""
+    fleet = {"redis": {"existingSecret": "fleet-redis"}, "stateFile": {"enabled": True}}
+    spec = pod_spec(render({**SANDBOX, **fleet}))
+    container = gateway_container(spec)
+    variables = env(container)
+    assert variables[f"{ENV_PREFIX}REDIS_URL_FILE"] == (
+        "/var/run/secrets/exact-gateway-redis/redis-url"
+    )
+    assert variables[f"{ENV_PREFIX}STATE_FILE"] == "/var/lib/exact-gateway/state.json"
+    assert f"{ENV_PREFIX}REDIS_URL" not in variables
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    assert mounts["exact-gateway-redis"] == {
+        "name": "exact-gateway-redis",
+        "mountPath": "/var/run/secrets/exact-gateway-redis",
+        "readOnly": True,
+    }
+    assert mounts["exact-gateway-state"] == {
+        "name": "exact-gateway-state",
+        "mountPath": "/var/lib/exact-gateway",
+    }
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    assert volumes["exact-gateway-redis"]["secret"] == {
+        "secretName": "fleet-redis",
+        "defaultMode": 0o440,
+        "items": [{"key": "url", "path": "redis-url"}],
+    }
+    assert volumes["exact-gateway-state"] == {
+        "name": "exact-gateway-state",
+        "emptyDir": {"sizeLimit": "16Mi"},
+    }
+    alone = gateway_container(pod_spec(render(SANDBOX)))
+    assert f"{ENV_PREFIX}STATE_FILE" not in env(alone)
+    assert f"{ENV_PREFIX}REDIS_URL_FILE" not in env(alone)
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
+        (
+            {
+                "redis": {"existingSecret": "r"},
+                "settings": {**SANDBOX["settings"], "redisUrl": "redis://h:6379/0"},
+            },
+            "set redis.existingSecret or settings.redisUrl/redisUrlFile, not both",
+        ),
+        (
+            {
+                "stateFile": {"enabled": True},
+                "settings": {**SANDBOX["settings"], "stateFile": "/data/state.json"},
+            },
+            "set stateFile.enabled or settings.stateFile, not both",
+        ),
         (
             {"caBundle": {"configMap": "a", "secret": "b"}},
             "set caBundle.configMap or caBundle.secret, not both",

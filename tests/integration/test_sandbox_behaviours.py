@@ -112,6 +112,8 @@ async def test_control_changes_behaviour_at_run_time(caller: Caller) -> None:
         "subscribed": True,
         "pms_version": "13.860",
         "attempts": 2,
+        "inflight": 0,
+        "peak_inflight": 1,
     }
 
 

@@ -116,6 +116,12 @@ when it leaves no room for the drain), else max(30, drain budget + 5).
 {{- if and .Values.secret.existingSecret .Values.secret.clientSecret }}
 {{- fail "set secret.existingSecret or secret.clientSecret, not both" }}
 {{- end }}
+{{- if and .Values.redis.existingSecret (or $s.redisUrl $s.redisUrlFile) }}
+{{- fail "set redis.existingSecret or settings.redisUrl/redisUrlFile, not both" }}
+{{- end }}
+{{- if and .Values.stateFile.enabled $s.stateFile }}
+{{- fail "set stateFile.enabled or settings.stateFile, not both" }}
+{{- end }}
 {{- $ca := .Values.caBundle }}
 {{- if and $ca.configMap $ca.secret }}
 {{- fail "set caBundle.configMap or caBundle.secret, not both" }}
@@ -163,6 +169,14 @@ standard OTEL_* ones of tracing.* */}}
 {{- if include "exact-gateway.caBundleSource" . }}
 - name: EXACT_GATEWAY_CA_BUNDLE_FILE
   value: {{ include "exact-gateway.caBundleFile" . | quote }}
+{{- end }}
+{{- if .Values.redis.existingSecret }}
+- name: EXACT_GATEWAY_REDIS_URL_FILE
+  value: {{ printf "%s/redis-url" (trimSuffix "/" .Values.redis.mountPath) | quote }}
+{{- end }}
+{{- if .Values.stateFile.enabled }}
+- name: EXACT_GATEWAY_STATE_FILE
+  value: {{ printf "%s/state.json" (trimSuffix "/" .Values.stateFile.mountPath) | quote }}
 {{- end }}
 {{- if .Values.egressProxy.existingSecret }}
 - name: EXACT_GATEWAY_EGRESS_PROXY_URL
@@ -235,6 +249,15 @@ standard OTEL_* ones of tracing.* */}}
   mountPath: {{ .Values.caBundle.mountPath }}
   readOnly: true
 {{- end }}
+{{- if .Values.redis.existingSecret }}
+- name: exact-gateway-redis
+  mountPath: {{ .Values.redis.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if .Values.stateFile.enabled }}
+- name: exact-gateway-state
+  mountPath: {{ .Values.stateFile.mountPath }}
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -272,6 +295,20 @@ exact-gateway-secret
     items:
       - key: {{ $.Values.caBundle.key }}
         path: ca-bundle.pem
+{{- end }}
+{{- with .Values.redis.existingSecret }}
+- name: exact-gateway-redis
+  secret:
+    secretName: {{ . }}
+    defaultMode: {{ eq (toString $.Values.mode) "sidecar" | ternary 292 288 }}
+    items:
+      - key: {{ $.Values.redis.key }}
+        path: redis-url
+{{- end }}
+{{- if .Values.stateFile.enabled }}
+- name: exact-gateway-state
+  emptyDir:
+    sizeLimit: {{ .Values.stateFile.sizeLimit }}
 {{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
