@@ -50,7 +50,7 @@ from gateway.sandbox_mode import sandbox_for
 from gateway.settings import Settings
 from gateway.token_client import TokenClient
 from gateway.tokens import TokenPolicy, TokenSource
-from gateway.upstream import Upstream, build_session
+from gateway.upstream import PoolCollector, Upstream, build_client
 
 log = logging.getLogger("exact_gateway.app")
 
@@ -73,13 +73,16 @@ async def open_clients(
     settings: Settings, policies: Policies, stack: contextlib.AsyncExitStack
 ) -> Clients:
     """Open both clients, their sessions entered into ``stack`` (closed when it unwinds)."""
-    api_session = await stack.enter_async_context(
-        build_session(
+    # The EXACT API: the gateway's own desync-proof HTTP/1.1 client (gateway/http1).
+    api = Upstream(
+        build_client(
+            settings.resolved_api_url(),
             connect_timeout=settings.connect_timeout_seconds,
-            attempt_timeout=settings.attempt_timeout_seconds,
             egress=settings.egress,
-        )
+        ),
+        settings.attempt_timeout_seconds,
     )
+    stack.push_async_callback(api.close)
     # The identity server gets a session of its own: ordinary client defaults, and its
     # slowness never queues behind API traffic. Same CA bundle and egress proxy.
     identity_session = await stack.enter_async_context(
@@ -91,7 +94,7 @@ async def open_clients(
     )
     return Clients(
         TokenClient(policies.credentials, identity_session),
-        Upstream(api_session, settings.resolved_api_url(), settings.attempt_timeout_seconds),
+        api,
     )
 
 
@@ -157,6 +160,7 @@ class Gateway:
             proxy_sock = listen(settings.host, settings.port)
             stack.callback(proxy_sock.close)
             clients = await open_clients(settings, policies, stack)
+            metrics.registry.register(PoolCollector(clients.upstream))
             tokens = TokenSource(
                 clients.token_client,
                 metrics,

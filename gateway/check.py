@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.app import open_clients
-from gateway.errors import ConfigError, CredentialsRejected, GatewayError, TokenEndpointError
+from gateway.errors import ConfigError, CredentialsRejected, TokenEndpointError
+from gateway.outcome import OutcomeKind
 from gateway.sandbox_mode import sandbox_for
 from gateway.settings import Settings
-from gateway.upstream import Upstream, request_headers
+from gateway.upstream import Reply, Upstream, request_headers
 
 OK, CONFIG_PROBLEM, UNREACHABLE = 0, 2, 1
 SUBSCRIPTIONS = "/v1/Subscriptions/active"
@@ -82,14 +83,20 @@ async def _check(settings: Settings, report: Report) -> int:
 
 async def _check_subscriptions(upstream: Upstream, token: str, report: Report) -> None:
     headers = request_headers(CIMultiDictProxy(CIMultiDict()), token, "exact-gateway-check")
-    headers["Accept"] = "application/json"
-    try:
-        response = await upstream.send("GET", SUBSCRIPTIONS, headers, None)
-    except GatewayError as exc:
-        report.fail("ListActiveSubscriptions", exc.detail, UNREACHABLE)
+    headers.append(("Accept", "application/json"))
+    outcome = await upstream.send("GET", SUBSCRIPTIONS, headers, None)
+    if outcome.kind is not OutcomeKind.RESPONSE:
+        report.fail("ListActiveSubscriptions", outcome.error().detail, UNREACHABLE)
         return
-    async with response:
-        text = await response.text()
+    reply = Reply(outcome.response)
+    try:
+        text = b"".join([chunk async for chunk in Upstream.body(reply)]).decode("utf-8", "replace")
+    finally:
+        outcome.response.close()
+    if reply.broken is not None:
+        report.fail("ListActiveSubscriptions", "the answer broke off", UNREACHABLE)
+        return
+    response = outcome.response
     if response.status == 200:
         try:
             practices = json.loads(text)

@@ -40,10 +40,9 @@ from gateway.errors import (
     RequestTimeout,
     UpstreamCircuitOpen,
     UpstreamTimeout,
-    UpstreamUnreachable,
 )
-from gateway.header_policy import check_values
 from gateway.history import History
+from gateway.http1 import UpstreamResponse
 from gateway.idempotency import (
     KEYED_METHODS,
     Claim,
@@ -53,12 +52,20 @@ from gateway.idempotency import (
     valid_key,
 )
 from gateway.metrics import Metrics
+from gateway.outcome import Outcome
 from gateway.policies import ProxyPolicy
 from gateway.resilience import Resilience, Ticket
-from gateway.resilience.retry import decide, parse_retry_after, retry_reason
+from gateway.resilience.decision import Action
 from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
 from gateway.tokens import TokenSource
-from gateway.upstream import Upstream, forwarded_value, request_headers, response_headers
+from gateway.upstream import (
+    Reply,
+    Upstream,
+    forwarded_value,
+    header_value,
+    request_headers,
+    response_headers,
+)
 
 access_log = logging.getLogger("exact_gateway.access")
 log = logging.getLogger("exact_gateway.proxy")
@@ -89,9 +96,6 @@ def request_id_for(supplied: str | None) -> str:
     return uuid.uuid4().hex
 
 
-# Statuses of EXACT that prove the request never reached the practice: the relay refused it
-# (401) or could not reach the practice's server (503).
-NOT_DELIVERED_STATUSES = frozenset({401, 503})
 # A failed answer kept across a retry's wait, in case the retry is refused (bounded).
 RETAINED_ANSWER_BYTES = 65536
 
@@ -150,23 +154,21 @@ class _CallerBody:
             yield chunk
 
 
-async def _retain(upstream: aiohttp.ClientResponse) -> StoredAnswer | None:
+async def _retain(upstream: UpstreamResponse) -> StoredAnswer | None:
     """Keep a small failed answer across a retry's wait (then its connection is free)."""
+    reply = Reply(upstream)
     try:
-        length = upstream.content_length
-        if length is not None and length > RETAINED_ANSWER_BYTES:
+        length = header_value(upstream.headers, "content-length")
+        if length is not None and length.isdigit() and int(length) > RETAINED_ANSWER_BYTES:
             return None
         body = bytearray()
-        # read(n) returns what has arrived, not necessarily n bytes: read until the end.
-        while chunk := await upstream.content.read(RETAINED_ANSWER_BYTES + 1 - len(body)):
+        async for chunk in Upstream.body(reply):
             body += chunk
             if len(body) > RETAINED_ANSWER_BYTES:
                 return None
-        return StoredAnswer(
-            upstream.status, upstream.reason or "", tuple(upstream.headers.items()), bytes(body)
-        )
-    except (aiohttp.ClientError, TimeoutError):
-        return None
+        if reply.broken is not None:
+            return None
+        return StoredAnswer(upstream.status, upstream.reason, tuple(upstream.headers), bytes(body))
     finally:
         upstream.close()
 
@@ -199,15 +201,8 @@ class Exchange:
     maybe_delivered: bool = False
     answer: StoredAnswer | None = None  # what the caller got, kept for an Idempotency-Key
     collect: bool = False  # keep the streamed body (up to a bound) for that record
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One attempt's outcome: EXACT's response or the gateway's error, and its ticket."""
-
-    upstream: aiohttp.ClientResponse | None
-    error: GatewayError | None
-    ticket: Ticket
+    token_replaced: bool = False  # a 401 already led to a new token
+    caller_stalled: bool = False  # the last attempt was waiting on the caller's own body
 
 
 class Proxy:
@@ -244,7 +239,6 @@ class Proxy:
         try:
             target = parse_target(request.method, request.raw_path)
             exchange.route, exchange.practice_id = target.route, target.practice_id
-            check_values(request.headers.items())
             exchange.deadline = self._clock.monotonic() + deadline_for(
                 request.headers.get("X-Gateway-Timeout"), self._deadline
             )
@@ -364,14 +358,16 @@ class Proxy:
         exchange: Exchange,
         caller_body: bytes | StreamReader | None,
     ) -> web.StreamResponse:
+        """The attempt loop: I/O only. What each attempt's outcome means is
+        :meth:`Resilience.decide`'s call; this carries the decision out."""
         body = _CallerBody(caller_body) if isinstance(caller_body, StreamReader) else caller_body
-        token = await self._tokens.get(wait=exchange.deadline - self._clock.monotonic())
-        self._resilience.budget.record_request(self._clock.monotonic())
-        replayed_401 = False
+        clock = self._clock
+        token = await self._tokens.get(wait=exchange.deadline - clock.monotonic())
+        self._resilience.budget.record_request(clock.monotonic())
         retained: StoredAnswer | None = None  # the last failed answer, across a retry's wait
         while True:
             try:
-                attempt = await self._attempt(request, target, exchange, token, body)
+                ticket, outcome = await self._attempt(request, target, exchange, token, body)
             except (CircuitOpen, UpstreamCircuitOpen):
                 if exchange.attempts == 0:
                     raise  # refused without trying: the breaker is the honest reason
@@ -380,73 +376,35 @@ class Proxy:
                 if retained is not None:
                     return stored_response(retained, exchange.request_id)
                 raise
-            upstream = attempt.upstream
-            if upstream is not None and upstream.status == 401 and not replayed_401:
+            decision = self._resilience.decide(ticket, outcome, exchange)
+            response: UpstreamResponse | None = outcome.response
+            action = decision.action
+            if action is Action.ANSWER:
+                assert response is not None  # noqa: S101 - ANSWER is only given a response
+                return await self._stream(request, response, exchange)
+            if action is Action.REFUSE:
+                if response is not None:
+                    response.close()
+                assert decision.error is not None  # noqa: S101 - REFUSE carries its error
+                raise decision.error
+            assert response is not None or action is Action.RETRY  # noqa: S101
+            if action is Action.REPLAY:
+                assert response is not None  # noqa: S101 - a 401 is a response
                 # EXACT refused the token (revoked, or expired in a way we could not see).
                 # A new one once per token generation, and one replay if the body allows.
-                replayed_401 = True
+                exchange.token_replaced = True
                 try:
                     replacement = await self._tokens.replace(token)
                 except GatewayError:
-                    upstream.close()
+                    response.close()
                     raise
-                if replacement is not None and exchange.replayable:
-                    upstream.close()
-                    token = replacement
-                    continue
-            wait = self._retry_wait(request, exchange, attempt)
-            if wait is None:
-                break
-            retained = None
-            if upstream is not None:
-                retained = await _retain(upstream)
-            await asyncio.sleep(wait)
-        if attempt.error is not None:
-            raise attempt.error
-        assert upstream is not None  # noqa: S101 - an attempt has a response or an error
-        return await self._stream(request, upstream, exchange)
-
-    def _retry_wait(
-        self, request: web.BaseRequest, exchange: Exchange, attempt: Attempt
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or None to answer with this outcome.
-
-        Whatever stops a retry, the caller gets its own last outcome (EXACT's answer, or
-        ``upstream_unreachable``/``upstream_timeout``): the reason says what happened to
-        this request, and the metric ``retries_skipped_total`` says why it was not retried.
-        """
-        upstream, error = attempt.upstream, attempt.error
-        resilience = self._resilience
-        reason = retry_reason(upstream.status if upstream is not None else None, error)
-        if reason is None:
-            return None
-        if resilience.opened_by(attempt.ticket) is not None:
-            # This attempt opened a breaker: retrying into it would only be refused.
-            self._metrics.retries_skipped.labels("breaker").inc()
-            return None
-        why = "body_streamed"
-        if exchange.replayable:
-            hint = upstream.headers.get("Retry-After") if upstream is not None else None
-            verdict = decide(
-                resilience.retry,
-                attempt=exchange.attempts,
-                reason=reason,
-                method=request.method,
-                has_idempotency_key=exchange.keyed,
-                retry_after=parse_retry_after(hint, self._clock.wall()),
-                remaining=exchange.deadline - self._clock.monotonic(),
-                rng=resilience.rng,
-            )
-            why = verdict.why
-            if verdict.retry:
-                if resilience.budget.try_spend(self._clock.monotonic()):
-                    self._metrics.retries.labels(reason).inc()
-                    return verdict.wait
-                why = "budget"
-        self._metrics.retries_skipped.labels(why).inc()
-        if error is not None and why == "budget":
-            error.detail += " (not retried: retries across all requests are at their budget)"
-        return None
+                if replacement is None or not exchange.replayable:
+                    return await self._stream(request, response, exchange)
+                response.close()
+                token = replacement
+                continue
+            retained = await _retain(response) if response is not None else None
+            await asyncio.sleep(decision.wait)
 
     async def _attempt(
         self,
@@ -455,79 +413,68 @@ class Proxy:
         exchange: Exchange,
         token: str,
         body: bytes | _CallerBody | None,
-    ) -> Attempt:
-        """One call to EXACT, cleared with the breakers first and reported to them after."""
-        remaining = exchange.deadline - self._clock.monotonic()
+    ) -> tuple[Ticket, Outcome]:
+        """One call to EXACT, cleared with the breakers first."""
+        clock = self._clock
+        sent = clock.monotonic()
+        remaining = exchange.deadline - sent
         if remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before EXACT answered")
         ticket = self._resilience.admit(target.practice_id)
-        limit = min(self._attempt_timeout, remaining)
+        limit = self._attempt_timeout if remaining > self._attempt_timeout else remaining
         headers = request_headers(request.headers, token, exchange.request_id)
-        sent = self._clock.monotonic()
         exchange.attempts += 1
         try:
-            upstream = await self._upstream.send(
-                request.method, target.path, headers, body, limit=limit
+            outcome = await self._upstream.send(
+                request.method,
+                target.path,
+                headers,
+                aiter(body) if isinstance(body, _CallerBody) else body,
+                limit,
             )
-        except UpstreamTimeout as error:
-            if isinstance(body, _CallerBody) and body.waiting_for_caller:
-                # Stuck on the caller's own upload: its slowness, not the practice's.
-                self._resilience.abandon(ticket)
-                raise RequestTimeout(
-                    "the request body stopped arriving before it was complete"
-                ) from None
-            if not error.connecting:
-                exchange.maybe_delivered = True
-            if not error.connecting and limit < self._attempt_timeout:
-                # Cut short by the caller's deadline, not by the practice's slowness.
-                self._resilience.abandon(ticket)
-                self._observe_attempt(target.route, DeadlineExceeded.reason, sent)
-                raise DeadlineExceeded(
-                    "the request's deadline passed before EXACT answered"
-                ) from None
-            self._resilience.observe(ticket, None, error)
-            self._observe_attempt(target.route, error.reason, sent)
-            return Attempt(None, error, ticket)
-        except GatewayError as error:
+        except BaseException as exc:
+            self._resilience.abandon(ticket)
             if isinstance(body, _CallerBody) and (cause := body.failure()) is not None:
                 # The send failed because the caller's body broke off, not because of EXACT.
-                self._resilience.abandon(ticket)
                 if isinstance(cause, RequestTimeout):
-                    raise cause from error
-                raise CallerGone from error
-            if not isinstance(error, UpstreamUnreachable) or error.sent:
-                exchange.maybe_delivered = True
-            self._resilience.observe(ticket, None, error)
-            self._observe_attempt(target.route, error.reason, sent)
-            return Attempt(None, error, ticket)
-        except BaseException:
+                    raise cause from exc
+                raise CallerGone from exc
             exchange.maybe_delivered = True  # cancelled mid-send: assume it may have arrived
-            self._resilience.abandon(ticket)
             raise
-        if upstream.status not in NOT_DELIVERED_STATUSES:
+        # Read before anything else runs: was the attempt waiting on the caller's own body?
+        exchange.caller_stalled = isinstance(body, _CallerBody) and body.waiting_for_caller
+        if outcome.maybe_delivered:
             exchange.maybe_delivered = True
-        self._resilience.observe(ticket, upstream.status, None, upstream.headers.get("Retry-After"))
-        self._observe_attempt(target.route, str(upstream.status), sent)
-        return Attempt(upstream, None, ticket)
+        if not exchange.caller_stalled:
+            self._observe_attempt(target.route, outcome.label, sent)
+        return ticket, outcome
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
+        self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=response_headers(upstream.headers, exchange.request_id),
-        )
+        headers = response_headers(upstream.headers, exchange.request_id)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(headers)
         kept: bytearray | None = bytearray() if exchange.collect else None
         limit = self._idempotency.max_response_bytes if self._idempotency is not None else 0
+        reply = Reply(upstream)
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            async for chunk in Upstream.body(reply):
                 if kept is not None:
                     kept += chunk
                     if len(kept) > limit:
                         kept = None  # too large to replay: the record keeps status and headers
                 await response.write(chunk)
+            if reply.broken is not None:
+                # EXACT failed mid-body: the status line is already sent, so the only honest
+                # signal left is to cut the connection and let the caller see a short body.
+                upstream.close()
+                exchange.error = f"stream_aborted:{reply.broken}"
+                if request.transport is not None:
+                    request.transport.close()
+                kept = None
+                return response
             await response.write_eof()
         except ConnectionError:
             # The caller hung up mid-body, or stopped reading and the listener cut it off
@@ -539,15 +486,6 @@ class Proxy:
             exchange.status = CLIENT_CLOSED_REQUEST
             kept = None
             return response
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # EXACT failed mid-body: the status line is already sent, so the only honest
-            # signal left is to cut the connection and let the caller see a short body.
-            upstream.close()
-            exchange.error = f"stream_aborted:{type(exc).__name__}"
-            if request.transport is not None:
-                request.transport.close()
-            kept = None
-            return response
         except BaseException:
             # Cancelled: drop the half-read upstream connection rather than pool it.
             upstream.close()
@@ -556,8 +494,8 @@ class Proxy:
             if exchange.collect:
                 exchange.answer = StoredAnswer(
                     upstream.status,
-                    upstream.reason or "",
-                    tuple(response_headers(upstream.headers, exchange.request_id).items()),
+                    upstream.reason,
+                    tuple(headers.items()),
                     bytes(kept) if kept is not None else None,
                 )
         upstream.release()
