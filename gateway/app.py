@@ -41,7 +41,7 @@ from gateway.caller import (
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.history import History
 from gateway.idempotency import IdempotencyStore
-from gateway.lifecycle import GatewayState, until_signalled
+from gateway.lifecycle import GatewayState, settle_memory, until_signalled
 from gateway.metrics import Metrics, build_metrics
 from gateway.policies import Policies
 from gateway.proxy import Proxy
@@ -342,5 +342,6 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     async with sandbox_for(settings) as effective:
         gateway = await Gateway.start(effective)
+        settle_memory()
         async with gateway:
             await until_signalled()

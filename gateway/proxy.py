@@ -22,14 +22,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import StreamReader, web
+from multidict import CIMultiDict
 
+from gateway.access_log import AccessLog
 from gateway.caller import cut_off, expect_continue, render_problem
 from gateway.errors import (
     BadRequest,
@@ -40,6 +39,12 @@ from gateway.errors import (
     RequestTimeout,
     UpstreamCircuitOpen,
     UpstreamTimeout,
+)
+from gateway.exchange import (
+    CLIENT_CLOSED_REQUEST,
+    Exchange,
+    Observer,
+    request_id_for,
 )
 from gateway.history import History
 from gateway.http1 import UpstreamResponse
@@ -56,7 +61,7 @@ from gateway.outcome import Outcome
 from gateway.policies import ProxyPolicy
 from gateway.resilience import Resilience, Ticket
 from gateway.resilience.decision import Action
-from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
+from gateway.routes import Target, method_label, parse_target
 from gateway.tokens import TokenSource
 from gateway.upstream import (
     Reply,
@@ -67,14 +72,7 @@ from gateway.upstream import (
     response_headers,
 )
 
-access_log = logging.getLogger("exact_gateway.access")
 log = logging.getLogger("exact_gateway.proxy")
-# nginx's convention for "the caller closed the connection before the answer".
-CLIENT_CLOSED_REQUEST = 499
-
-# A caller's request id is reused only when it is short and plain, so it cannot forge log
-# lines or smuggle data into upstream headers.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def deadline_for(header: str | None, default: float) -> float:
@@ -90,12 +88,8 @@ def deadline_for(header: str | None, default: float) -> float:
     return min(asked, default)
 
 
-def request_id_for(supplied: str | None) -> str:
-    if supplied is not None and _REQUEST_ID.fullmatch(supplied):
-        return supplied
-    return uuid.uuid4().hex
-
-
+# Statuses whose answers never have a body: streamed as they are (aiohttp knows the rules).
+_NO_BODY = frozenset({204, 304})
 # A failed answer kept across a retry's wait, in case the retry is refused (bounded).
 RETAINED_ANSWER_BYTES = 65536
 
@@ -183,28 +177,6 @@ def _problem_answer(error: GatewayError, exchange: Exchange) -> StoredAnswer:
     )
 
 
-@dataclass(slots=True)
-class Exchange:
-    """What one caller request has been through so far: the access log line's fields."""
-
-    request_id: str
-    method: str
-    deadline: float = 0.0  # resilience-clock time by which the caller must have an answer
-    route: str = OTHER_ROUTE
-    practice_id: str | None = None
-    status: int = 500
-    attempts: int = 0
-    error: str | None = None
-    replayable: bool = True  # the body (if any) is buffered and can be sent again
-    keyed: bool = False  # an Idempotency-Key goes upstream (decided from the headers sent)
-    # Some attempt may have reached the practice (so a keyed POST must not be sent again).
-    maybe_delivered: bool = False
-    answer: StoredAnswer | None = None  # what the caller got, kept for an Idempotency-Key
-    collect: bool = False  # keep the streamed body (up to a bound) for that record
-    token_replaced: bool = False  # a 401 already led to a new token
-    caller_stalled: bool = False  # the last attempt was waiting on the caller's own body
-
-
 class Proxy:
     """The proxy port's single request handler."""
 
@@ -218,12 +190,14 @@ class Proxy:
         *,
         history: History,
         idempotency: IdempotencyStore | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._idempotency = idempotency
-        self._history = history
+        self._observer = Observer(
+            metrics, history, access_log if access_log is not None else AccessLog()
+        )
         self._upstream = upstream
         self._tokens = tokens
-        self._metrics = metrics
         self._resilience = resilience
         # One clock for the whole request path: the one the breakers and deadlines use.
         self._clock = resilience.clock
@@ -259,7 +233,7 @@ class Proxy:
             return response
         except GatewayError as error:
             exchange.error, exchange.status = error.reason, error.status
-            self._metrics.rejected.labels(error.reason).inc()
+            self._observer.rejected(error.reason)
             if error.practice_id is None:
                 error.practice_id = exchange.practice_id
             return problem_response(error, exchange.request_id)
@@ -278,10 +252,10 @@ class Proxy:
             )
             internal = GatewayError(f"unexpected gateway error ({type(exc).__name__})")
             exchange.error, exchange.status = internal.reason, internal.status
-            self._metrics.rejected.labels(internal.reason).inc()
+            self._observer.rejected(internal.reason)
             return problem_response(internal, exchange.request_id)
         finally:
-            self._observe(exchange, self._clock.monotonic() - started)
+            self._observer.request(exchange, self._clock.monotonic() - started)
 
     def _claim(
         self,
@@ -446,14 +420,22 @@ class Proxy:
         if outcome.maybe_delivered:
             exchange.maybe_delivered = True
         if not exchange.caller_stalled:
-            self._observe_attempt(target.route, outcome.label, sent)
+            self._observer.attempt(target.route, outcome.label, clock.monotonic() - sent)
         return ticket, outcome
 
     async def _stream(
         self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers, exchange.request_id)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        status = upstream.status
+        if request.method != "HEAD" and status not in _NO_BODY:
+            body = upstream.complete_body()
+            if body is not None:
+                # The fast path: the whole answer is in. Its connection goes back to the pool
+                # now, and head and body leave in one write.
+                upstream.release()
+                return self._whole(upstream, headers, body, exchange)
+        response = web.StreamResponse(status=status, reason=upstream.reason)
         response.headers.extend(headers)
         kept: bytearray | None = bytearray() if exchange.collect else None
         limit = self._idempotency.max_response_bytes if self._idempotency is not None else 0
@@ -501,6 +483,22 @@ class Proxy:
         upstream.release()
         return response
 
+    def _whole(
+        self, upstream: UpstreamResponse, headers: CIMultiDict[str], body: bytes, exchange: Exchange
+    ) -> web.Response:
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+        headers.popall("Content-Length", None)  # aiohttp sets it from the body: they agree
+        response.headers.extend(headers)
+        if exchange.collect:
+            limit = self._idempotency.max_response_bytes if self._idempotency is not None else 0
+            exchange.answer = StoredAnswer(
+                upstream.status,
+                upstream.reason,
+                tuple(headers.items()),
+                body if len(body) <= limit else None,
+            )
+        return response
+
     async def _body(self, request: web.BaseRequest) -> tuple[bytes | StreamReader | None, bool]:
         """The body to send, and whether it can be sent again.
 
@@ -520,37 +518,7 @@ class Proxy:
 
     def refused(self, error: GatewayError, request_id: str, method: str) -> None:
         """Count and log a request the listener refused before it reached this handler."""
-        self._metrics.rejected.labels(error.reason).inc()
+        self._observer.rejected(error.reason)
         exchange = Exchange(request_id, method_label(method), status=error.status)
         exchange.error = error.reason
-        self._observe(exchange, 0.0)
-
-    def _observe_attempt(self, route: str, outcome: str, sent: float) -> None:
-        self._metrics.upstream_attempts.labels(route, outcome).inc()
-        self._metrics.upstream_attempt_duration.labels(route).observe(
-            self._clock.monotonic() - sent
-        )
-
-    def _observe(self, exchange: Exchange, elapsed: float) -> None:
-        self._history.record(exchange.status, exchange.error is not None, elapsed)
-        code = str(exchange.status)
-        self._metrics.requests.labels(exchange.method, exchange.route, code).inc()
-        self._metrics.request_duration.labels(exchange.method, exchange.route, code).observe(
-            elapsed
-        )
-        access_log.info(
-            "request",
-            extra={
-                "fields": {
-                    "event": "request",
-                    "method": exchange.method,
-                    "route": exchange.route,
-                    "status": exchange.status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "attempts": exchange.attempts,
-                    "practice_id": exchange.practice_id,
-                    "request_id": exchange.request_id,
-                    "error": exchange.error,
-                }
-            },
-        )
+        self._observer.request(exchange, 0.0)

@@ -72,7 +72,16 @@ ROWS = [
         F,
         S,
     ),
-    ("503 POST keyed", answer(503), Req("POST", keyed=True), Action.RETRY, "status_503", None, F, S),
+    (
+        "503 POST keyed",
+        answer(503),
+        Req("POST", keyed=True),
+        Action.RETRY,
+        "status_503",
+        None,
+        F,
+        S,
+    ),
     ("504 GET", answer(504), Req(), Action.RETRY, RetryReason.STATUS_504, None, F, S),
     (
         "504 PATCH keyed",
@@ -109,7 +118,16 @@ ROWS = [
     ("304", answer(304), Req(), Action.ANSWER, None, None, S, S),
     ("404", answer(404), Req(), Action.ANSWER, None, None, S, S),
     ("401 first", answer(401), Req(), Action.REPLAY, None, None, S, S),
-    ("401 after a new token", answer(401), Req(token_replaced=True), Action.ANSWER, None, None, S, S),
+    (
+        "401 after a new token",
+        answer(401),
+        Req(token_replaced=True),
+        Action.ANSWER,
+        None,
+        None,
+        S,
+        S,
+    ),
     (
         "cannot connect, POST",
         failure(K.CONNECT_FAILED, sent=False),
@@ -199,20 +217,11 @@ def heard(calls: int, failures: int) -> str:
     return F if failures else S
 
 
-@pytest.mark.parametrize(
-    ("outcome", "req", "action", "why", "error", "practice", "partner"),
-    [row[1:] for row in ROWS],
-    ids=[row[0] for row in ROWS],
-)
+@pytest.mark.parametrize("row", ROWS, ids=[row[0] for row in ROWS])
 def test_one_row_of_the_table(
-    outcome: Outcome,
-    req: Req,
-    action: Action,
-    why: str | None,
-    error: str | None,
-    practice: str,
-    partner: str,
+    row: tuple[str, Outcome, Req, Action, str | None, str | None, str, str],
 ) -> None:
+    _, outcome, req, action, why, error, practice, partner = row
     clock = FakeClock()
     res = resilience(clock)
     ticket = res.admit(PRACTICE)
@@ -261,7 +270,8 @@ def test_a_failure_that_opens_the_partner_wide_breaker_is_refused_with_its_own_e
     decision = res.decide(res.admit(PRACTICE), failure(K.CONNECT_FAILED, sent=False), Req())
     assert decision.action is Action.REFUSE
     assert decision.skipped is SkipReason.BREAKER
-    assert decision.error is not None and decision.error.reason == "upstream_unreachable"
+    assert decision.error is not None
+    assert decision.error.reason == "upstream_unreachable"
 
 
 @pytest.mark.parametrize(
@@ -299,7 +309,8 @@ def test_the_budget_stops_retries_and_says_so_in_the_detail() -> None:
     second = res.decide(res.admit("UKB1"), failure(K.LOST_AFTER_SEND), Req())
     assert second.action is Action.REFUSE
     assert second.skipped is SkipReason.BUDGET
-    assert second.error is not None and "budget" in second.error.detail
+    assert second.error is not None
+    assert "budget" in second.error.detail
     clock.advance(11)  # the window moves on: the budget is back
     third = res.decide(res.admit("UKC1"), failure(K.LOST_AFTER_SEND), Req())
     assert third.action is Action.RETRY
@@ -309,13 +320,15 @@ def test_caller_slowness_frees_a_probe_slot_and_never_counts() -> None:
     """A half-open breaker's probe that stalled on the caller's body is released, and the
     next request can probe."""
     clock = FakeClock()
-    res = resilience(clock, breaker=BreakerPolicy(consecutive=1, open_base=1, open_max=1, jitter=0))
+    policy = BreakerPolicy(consecutive=1, open_base=1, open_max=1, jitter=0)
+    res = resilience(clock, breaker=policy)
     res.decide(res.admit(PRACTICE), answer(503), Req())
     clock.advance(2)
     probe = res.admit(PRACTICE)
     assert probe.practice_probe
     stalled = res.decide(probe, failure(K.NO_ANSWER_IN_TIME), Req(caller_stalled=True))
-    assert stalled.error is not None and stalled.error.reason == "request_timeout"
+    assert stalled.error is not None
+    assert stalled.error.reason == "request_timeout"
     assert res.admit(PRACTICE).practice_probe  # the slot was given back, not spent
 
 
