@@ -29,7 +29,7 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
 from gateway.access_log import AccessLog
-from gateway.caller import cut_off, expect_continue, render_problem
+from gateway.caller import cut_off, expect_continue
 from gateway.errors import (
     BadRequest,
     CallerGone,
@@ -105,7 +105,12 @@ def stored_response(answer: StoredAnswer, request_id: str) -> web.Response:
 
 
 def problem_response(error: GatewayError, request_id: str) -> web.Response:
-    return render_problem(error, request_id)
+    """The contract's problem+json answer (as the caller edge's ``render_problem`` builds it,
+    with the content type as a plain header: aiohttp's setter parses it every time)."""
+    headers = error.headers(request_id)
+    headers["Content-Type"] = "application/problem+json"
+    body = json.dumps(error.problem(request_id)).encode()
+    return web.Response(status=error.status, body=body, headers=headers)
 
 
 class _CallerBody:

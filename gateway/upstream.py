@@ -61,12 +61,10 @@ def forwarded_value(incoming: CIMultiDictProxy[str], name: str) -> str | None:
     A header the caller's own ``Connection`` names is hop-by-hop and stripped, so what the
     gateway decides from it (e.g. whether a POST is keyed) follows what EXACT will see.
     """
-    if not forwarded_upstream(name.lower(), _connection_named(incoming)):
-        return None
     values = incoming.getall(name, ())
-    if len(values) != 1:
-        return None if not values else ",".join(values)
-    return values[0]
+    if not values or not forwarded_upstream(name.lower(), _connection_named(incoming)):
+        return None
+    return values[0] if len(values) == 1 else ",".join(values)
 
 
 def request_headers(incoming: CIMultiDictProxy[str], token: str, request_id: str) -> Headers:

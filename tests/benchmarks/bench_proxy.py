@@ -430,6 +430,7 @@ def start_gateway(
     connections: int,
     cpu: int | None,
     source: str | None,
+    extra: Sequence[str] = (),
 ) -> Gateway:
     # The ports are chosen here and readiness is read from /readyz, which also proves a token.
     port, admin_port = free_port(), free_port()
@@ -452,6 +453,9 @@ def start_gateway(
         # a small on-premises server) would turn the benchmark into a practice_busy test.
         practice_concurrency=str(max(10, connections)),
     )
+    for setting in extra:
+        name, _, value = setting.partition("=")
+        env[f"EXACT_GATEWAY_{name.upper()}"] = value
     if source is not None:
         env["PYTHONPATH"] = source  # another checkout's gateway (a before/after comparison)
     # cwd=tmp: a stray .env file in the caller's directory must not configure the gateway.
@@ -636,6 +640,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs with taskset")
     parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a gateway setting for this run, e.g. EVENT_LOOP=asyncio (repeatable)",
+    )
+    parser.add_argument(
         "--gateway-source",
         metavar="DIR",
         help="run the gateway from this source tree (PYTHONPATH), e.g. an older commit",
@@ -781,6 +792,7 @@ def start_targets(
             connections=max(args.connections),
             cpu=proxy_cpu,
             source=args.gateway_source,
+            extra=args.gateway_env,
         )
         pid = gateway.child.process.pid
         if "gateway" in args.targets:

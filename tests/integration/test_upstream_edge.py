@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -40,7 +40,7 @@ def echo(request: Request, _: int) -> bytes | None:
 @pytest.fixture
 async def raw_gateway(
     upstream: ScriptedUpstream, start_gateway: GatewayFactory
-) -> Callable[[Script], Awaitable[tuple[Gateway, Peer]]]:
+) -> AsyncIterator[Callable[[Script], Awaitable[tuple[Gateway, Peer]]]]:
     peers: list[Peer] = []
 
     async def start(script: Script) -> tuple[Gateway, Peer]:

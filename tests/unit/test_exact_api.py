@@ -19,8 +19,8 @@ from gateway.exact_api import (
     match_route,
     parse_version,
     route_minimum_version,
-    routes_for_path,
     route_template,
+    routes_for_path,
 )
 
 APPOINTMENT = "/v1/Practices/UKTEST1/Appointments/66c12476-83ff-4329-886c-15ab6fc83bea"
