@@ -44,7 +44,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import ConfigError
 from gateway.history import History
 from gateway.idempotency import IdempotencyStore
-from gateway.lifecycle import GatewayState, until_signalled
+from gateway.lifecycle import GatewayState, settle_memory, until_signalled
 from gateway.metrics import Metrics, build_metrics
 from gateway.policies import Policies
 from gateway.practices.watch import PracticeWatch
@@ -55,7 +55,7 @@ from gateway.settings import Settings
 from gateway.token_client import TokenClient
 from gateway.tokens import TokenPolicy, TokenSource
 from gateway.tracing import start_tracing
-from gateway.upstream import Upstream, build_session
+from gateway.upstream import PoolCollector, Upstream, build_client
 
 if TYPE_CHECKING:
     # The fleet (and the redis package, which loads OpenTelemetry when it is installed) is
@@ -83,13 +83,16 @@ async def open_clients(
     settings: Settings, policies: Policies, stack: contextlib.AsyncExitStack
 ) -> Clients:
     """Open both clients, their sessions entered into ``stack`` (closed when it unwinds)."""
-    api_session = await stack.enter_async_context(
-        build_session(
+    # The EXACT API: the gateway's own desync-proof HTTP/1.1 client (gateway/http1).
+    api = Upstream(
+        build_client(
+            settings.resolved_api_url(),
             connect_timeout=settings.connect_timeout_seconds,
-            attempt_timeout=settings.attempt_timeout_seconds,
             egress=settings.egress,
-        )
+        ),
+        settings.attempt_timeout_seconds,
     )
+    stack.push_async_callback(api.close)
     # The identity server gets a session of its own: ordinary client defaults, and its
     # slowness never queues behind API traffic. Same CA bundle and egress proxy.
     identity_session = await stack.enter_async_context(
@@ -101,7 +104,7 @@ async def open_clients(
     )
     return Clients(
         TokenClient(policies.credentials, identity_session),
-        Upstream(api_session, settings.resolved_api_url(), settings.attempt_timeout_seconds),
+        api,
     )
 
 
@@ -174,6 +177,7 @@ class Gateway:
             # Off unless OTEL_* ask; shut down after the proxy has drained (spans flushed).
             tracing = start_tracing(settings.tracing, settings.resolved_api_url())
             stack.push_async_callback(tracing.shutdown)
+            metrics.registry.register(PoolCollector(clients.upstream))
             tokens = TokenSource(
                 clients.token_client,
                 metrics,
@@ -397,5 +401,6 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     async with sandbox_for(settings) as effective:
         gateway = await Gateway.start(effective)
+        settle_memory()
         async with gateway:
             await until_signalled()

@@ -21,14 +21,24 @@ from dataclasses import dataclass
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.app import open_clients
-from gateway.errors import ConfigError, CredentialsRejected, GatewayError, TokenEndpointError
+from gateway.errors import (
+    ConfigError,
+    CredentialsRejected,
+    GatewayError,
+    TokenEndpointError,
+    UpstreamUnreachable,
+)
+from gateway.http1 import Http1Error, UpstreamResponse
+from gateway.outcome import OutcomeKind
 from gateway.practices.versions import DETAILS_MAX_BYTES, version_from_details
 from gateway.sandbox_mode import sandbox_for
 from gateway.settings import Settings
-from gateway.upstream import Upstream, request_headers
+from gateway.upstream import Headers, Upstream, request_headers
 
 OK, CONFIG_PROBLEM, UNREACHABLE = 0, 2, 1
 SUBSCRIPTIONS = "/v1/Subscriptions/active"
+# A subscriptions list far larger than any partner has (the practice watch allows 4 MiB too).
+SUBSCRIPTIONS_MAX_BYTES = 4 * 1024 * 1024
 PRACTICES_PROBED = 200
 PRACTICES_AT_ONCE = 8
 PRACTICES_LISTED = 20
@@ -94,10 +104,29 @@ async def _check(settings: Settings, report: Report) -> int:
     return report.code
 
 
-def _headers(token: str) -> CIMultiDict[str]:
+def _headers(token: str) -> Headers:
     headers = request_headers(CIMultiDictProxy(CIMultiDict()), token, "exact-gateway-check")
-    headers["Accept"] = "application/json"
+    headers.append(("Accept", "application/json"))
     return headers
+
+
+async def _get(upstream: Upstream, path: str, token: str, max_bytes: int) -> tuple[int, bytes]:
+    """One GET of ours: (status, body up to ``max_bytes``), or a GatewayError for a failure."""
+    outcome = await upstream.send("GET", path, _headers(token), None)
+    if outcome.kind is not OutcomeKind.RESPONSE:
+        raise outcome.error()
+    response: UpstreamResponse = outcome.response
+    body = bytearray()
+    try:
+        async for chunk in response:
+            body += chunk
+            if len(body) > max_bytes:
+                break
+    except Http1Error as exc:
+        raise UpstreamUnreachable(f"the answer broke off ({exc.kind})") from None
+    finally:
+        response.close()
+    return outcome.status, bytes(body)
 
 
 async def _check_practices(
@@ -109,15 +138,13 @@ async def _check_practices(
     async def probe(practice_id: str) -> tuple[str, str | None, str | None]:
         async with slots:
             try:
-                response = await upstream.send(
-                    "GET", f"/v1/Practices/{practice_id}/details", _headers(token), None
+                status, body = await _get(
+                    upstream, f"/v1/Practices/{practice_id}/details", token, DETAILS_MAX_BYTES
                 )
             except GatewayError as exc:
                 return practice_id, None, exc.reason
-            async with response:
-                if response.status != 200:
-                    return practice_id, None, f"HTTP {response.status}"
-                body = await response.content.read(DETAILS_MAX_BYTES + 1)
+            if status != 200:
+                return practice_id, None, f"HTTP {status}"
             return practice_id, version_from_details(body) or "unknown", None
 
     probed = practices[:PRACTICES_PROBED]
@@ -140,15 +167,13 @@ async def _check_practices(
 
 
 async def _check_subscriptions(upstream: Upstream, token: str, report: Report) -> list[str]:
-    headers = _headers(token)
     try:
-        response = await upstream.send("GET", SUBSCRIPTIONS, headers, None)
+        status, raw = await _get(upstream, SUBSCRIPTIONS, token, SUBSCRIPTIONS_MAX_BYTES)
     except GatewayError as exc:
         report.fail("ListActiveSubscriptions", exc.detail, UNREACHABLE)
         return []
-    async with response:
-        text = await response.text()
-    if response.status == 200:
+    text = raw.decode("utf-8", "replace")
+    if status == 200:
         try:
             practices = json.loads(text)
         except ValueError:
@@ -162,13 +187,12 @@ async def _check_subscriptions(upstream: Upstream, token: str, report: Report) -
             )
             return [str(p) for p in practices]
         report.fail("ListActiveSubscriptions", "answered 200 with an unexpected body", UNREACHABLE)
-    elif response.status in {401, 403}:
+    elif status in {401, 403}:
         report.fail(
             "ListActiveSubscriptions",
-            f"refused with HTTP {response.status}: the token may lack the"
-            " productsubscription.get scope",
+            f"refused with HTTP {status}: the token may lack the productsubscription.get scope",
             CONFIG_PROBLEM,
         )
     else:
-        report.fail("ListActiveSubscriptions", f"answered HTTP {response.status}", UNREACHABLE)
+        report.fail("ListActiveSubscriptions", f"answered HTTP {status}", UNREACHABLE)
     return []

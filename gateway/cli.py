@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.errors import ConfigError
+from gateway.lifecycle import run
 from gateway.logs import configure_logging
 from gateway.settings import (
     ENV_PREFIX,
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.app import serve  # noqa: PLC0415
 
     try:
-        asyncio.run(serve(settings))
+        run(serve(settings), settings.event_loop.value)
     except ConfigError as exc:
         print(f"exact-gateway: {exc}", file=sys.stderr)
         return CONFIG_EXIT

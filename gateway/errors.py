@@ -30,6 +30,7 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
         ├── GatewayBusy                  503 gateway_busy: the global concurrency limit is full
         ├── RetryBudgetExhausted         503 retry_budget_exhausted: retries would multiply load
         ├── UpstreamUnreachable          502 upstream_unreachable: the EXACT host is not reachable
+        ├── UpstreamBadResponse          502 upstream_bad_response: EXACT's answer is unusable
         ├── UpstreamTimeout              504 upstream_timeout: an attempt got no answer in time
         └── DeadlineExceeded             504 deadline_exceeded: the request's deadline passed
 """
@@ -262,6 +263,15 @@ class UpstreamUnreachable(GatewayError):
     def __init__(self, detail: str, *, sent: bool = True, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
         self.sent = sent
+
+
+class UpstreamBadResponse(GatewayError):
+    """EXACT's answer could not be used: a bad status line or status, an oversized or invalid
+    header section, or a ``101`` the gateway did not ask for. Never passed on as an answer."""
+
+    status = 502
+    reason = "upstream_bad_response"
+    title = "The EXACT API's answer could not be used"
 
 
 class UpstreamTimeout(GatewayError):

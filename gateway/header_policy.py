@@ -15,20 +15,15 @@ Pure functions over header names and values (no aiohttp). Three rules:
   if the header survives the hop-by-hop rules: ``Connection: Idempotency-Key`` strips it, and
   then the request must not be retried as if EXACT could de-duplicate it.
 - **Header values are forwarded as the bytes the caller sent.** The server decodes header
-  bytes as UTF-8 (invalid bytes become surrogate escapes) and the client re-encodes them as
-  UTF-8, silently dropping the escapes. Valid UTF-8 (obs-text included) therefore passes byte
-  for byte; a value that is not valid UTF-8 cannot, so it is refused with 400 instead of being
-  altered in transit. (aiohttp's client offers no way to write other bytes short of replacing
-  its serializer; the gateway's own client in ``gateway/http1`` encodes with
-  ``surrogateescape`` and sends them exactly, so this check can go when that client is wired.)
+  bytes as UTF-8 with ``surrogateescape`` (bytes that are not UTF-8 become U+DC80..U+DCFF)
+  and the upstream client (``gateway/http1``) encodes them back the same way, so obs-text
+  passes byte for byte whether or not it is UTF-8; nothing is refused or altered.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-
-from gateway.errors import BadRequest
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus the legacy ones proxies still meet.
 HOP_BY_HOP = frozenset(
@@ -65,7 +60,6 @@ _FORWARDING = re.compile(
     r"|x-proxyuser-ip|x-arr-.*|x-appengine-.*|x-envoy-.*|x-scheme|x-url-scheme|front-end-https"
 )
 IDEMPOTENCY_KEY = "idempotency-key"
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def connection_named(connection_values: Iterable[str]) -> frozenset[str]:
@@ -100,17 +94,3 @@ def sends_idempotency_key(headers: Mapping[str, str], connection_values: Iterabl
     if IDEMPOTENCY_KEY not in {name.lower() for name in headers}:
         return False
     return forwarded_upstream(IDEMPOTENCY_KEY, connection_named(connection_values))
-
-
-def check_values(headers: Iterable[tuple[str, str]]) -> None:
-    """Refuse a header that could not be forwarded as the bytes the caller sent."""
-    for name, value in headers:
-        if _has_undecodable_bytes(value) or _has_undecodable_bytes(name):
-            shown = "(unreadable name)" if _has_undecodable_bytes(name) else name[:64]
-            raise BadRequest(f"header {shown} is not valid UTF-8 and cannot be forwarded unchanged")
-
-
-def _has_undecodable_bytes(text: str) -> bool:
-    # surrogateescape maps each byte that is not valid UTF-8 to U+DC80..U+DCFF. The ASCII
-    # test first keeps the common case to one C-level scan.
-    return not text.isascii() and _ESCAPED_BYTE.search(text) is not None

@@ -9,13 +9,49 @@ is draining, and how many requests are in flight. The in-flight count is the bul
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib
 import logging
 import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from gateway.policies import LifecyclePolicy
 from gateway.resilience.bulkhead import Bulkhead
 
 log = logging.getLogger("exact_gateway.app")
+T = TypeVar("T")
+# Young-generation collections every 700 allocations (the default) run several times per
+# request; every 20,000 they still bound memory, and the frozen start-up objects are skipped.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when asked for and available (Linux, installed), else None (asyncio's)."""
+    if choice != "uvloop" or not sys.platform.startswith("linux"):
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: Coroutine[Any, Any, T], event_loop: str) -> T:
+    """Run ``main`` to its end on the chosen event loop (``asyncio.run`` otherwise)."""
+    with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+        return runner.run(main)
+
+
+def settle_memory() -> None:
+    """After start-up: move every object that lives as long as the process out of the
+    collector's sight (``gc.freeze``), and collect young objects less often, so the full
+    collections that showed in p99 have only a request's garbage to walk."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class GatewayState:

@@ -22,6 +22,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
+from gateway.outcome import RetryReason, SkipReason, help_list
 
 NAMESPACE = "exact_gateway"
 # Callers see retries and backoff inside one request, so their buckets reach the deadline.
@@ -126,7 +127,8 @@ def build_metrics(environment: str, registry: CollectorRegistry | None = None) -
         ),
         retries=Counter(
             "retries_total",
-            "Attempts repeated after a retryable outcome, by that outcome.",
+            "Attempts repeated after a retryable outcome, by that outcome"
+            f" ({help_list(RetryReason)}).",
             ["reason"],
             namespace=NAMESPACE,
             registry=registry,
@@ -134,7 +136,7 @@ def build_metrics(environment: str, registry: CollectorRegistry | None = None) -
         retries_skipped=Counter(
             "retries_skipped_total",
             "Retryable outcomes not retried, by the rule that stopped it"
-            " (budget, deadline, retry_after, attempts, not_idempotent, breaker).",
+            f" ({help_list(SkipReason)}).",
             ["reason"],
             namespace=NAMESPACE,
             registry=registry,

@@ -22,15 +22,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import StreamReader, web
+from multidict import CIMultiDict
 
-from gateway.caller import cut_off, expect_continue, render_problem
+from gateway.access_log import AccessLog
+from gateway.caller import cut_off, expect_continue
 from gateway.errors import (
     BadRequest,
     CallerGone,
@@ -40,10 +39,15 @@ from gateway.errors import (
     RequestTimeout,
     UpstreamCircuitOpen,
     UpstreamTimeout,
-    UpstreamUnreachable,
 )
-from gateway.header_policy import check_values
+from gateway.exchange import (
+    CLIENT_CLOSED_REQUEST,
+    Exchange,
+    Observer,
+    request_id_for,
+)
 from gateway.history import History
+from gateway.http1 import UpstreamResponse
 from gateway.idempotency import (
     KEYED_METHODS,
     Claim,
@@ -53,23 +57,24 @@ from gateway.idempotency import (
     valid_key,
 )
 from gateway.metrics import Metrics
+from gateway.outcome import Outcome, OutcomeKind, SkipReason
 from gateway.policies import ProxyPolicy
-from gateway.practices.watch import PracticeWatch
+from gateway.practices.watch import DetailsTap, PracticeWatch
 from gateway.resilience import Resilience, Ticket
-from gateway.resilience.retry import decide, parse_retry_after, retry_reason
-from gateway.routes import OTHER_ROUTE, Target, method_label, parse_target
+from gateway.resilience.decision import Action
+from gateway.routes import Target, method_label, parse_target
 from gateway.tokens import TokenSource
-from gateway.tracing import NO_TRACE, RequestSpan, Tracing
-from gateway.upstream import Upstream, forwarded_value, request_headers, response_headers
+from gateway.tracing import Tracing
+from gateway.upstream import (
+    Reply,
+    Upstream,
+    forwarded_value,
+    header_value,
+    request_headers,
+    response_headers,
+)
 
-access_log = logging.getLogger("exact_gateway.access")
 log = logging.getLogger("exact_gateway.proxy")
-# nginx's convention for "the caller closed the connection before the answer".
-CLIENT_CLOSED_REQUEST = 499
-
-# A caller's request id is reused only when it is short and plain, so it cannot forge log
-# lines or smuggle data into upstream headers.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def deadline_for(header: str | None, default: float) -> float:
@@ -85,15 +90,8 @@ def deadline_for(header: str | None, default: float) -> float:
     return min(asked, default)
 
 
-def request_id_for(supplied: str | None) -> str:
-    if supplied is not None and _REQUEST_ID.fullmatch(supplied):
-        return supplied
-    return uuid.uuid4().hex
-
-
-# Statuses of EXACT that prove the request never reached the practice: the relay refused it
-# (401) or could not reach the practice's server (503).
-NOT_DELIVERED_STATUSES = frozenset({401, 503})
+# Statuses whose answers never have a body: streamed as they are (aiohttp knows the rules).
+_NO_BODY = frozenset({204, 304})
 # A failed answer kept across a retry's wait, in case the retry is refused (bounded).
 RETAINED_ANSWER_BYTES = 65536
 
@@ -109,7 +107,12 @@ def stored_response(answer: StoredAnswer, request_id: str) -> web.Response:
 
 
 def problem_response(error: GatewayError, request_id: str) -> web.Response:
-    return render_problem(error, request_id)
+    """The contract's problem+json answer (as the caller edge's ``render_problem`` builds it,
+    with the content type as a plain header: aiohttp's setter parses it every time)."""
+    headers = error.headers(request_id)
+    headers["Content-Type"] = "application/problem+json"
+    body = json.dumps(error.problem(request_id)).encode()
+    return web.Response(status=error.status, body=body, headers=headers)
 
 
 class _CallerBody:
@@ -152,23 +155,21 @@ class _CallerBody:
             yield chunk
 
 
-async def _retain(upstream: aiohttp.ClientResponse) -> StoredAnswer | None:
+async def _retain(upstream: UpstreamResponse) -> StoredAnswer | None:
     """Keep a small failed answer across a retry's wait (then its connection is free)."""
+    reply = Reply(upstream)
     try:
-        length = upstream.content_length
-        if length is not None and length > RETAINED_ANSWER_BYTES:
+        length = header_value(upstream.headers, "content-length")
+        if length is not None and length.isdigit() and int(length) > RETAINED_ANSWER_BYTES:
             return None
         body = bytearray()
-        # read(n) returns what has arrived, not necessarily n bytes: read until the end.
-        while chunk := await upstream.content.read(RETAINED_ANSWER_BYTES + 1 - len(body)):
+        async for chunk in Upstream.body(reply):
             body += chunk
             if len(body) > RETAINED_ANSWER_BYTES:
                 return None
-        return StoredAnswer(
-            upstream.status, upstream.reason or "", tuple(upstream.headers.items()), bytes(body)
-        )
-    except (aiohttp.ClientError, TimeoutError):
-        return None
+        if reply.broken is not None:
+            return None
+        return StoredAnswer(upstream.status, upstream.reason, tuple(upstream.headers), bytes(body))
     finally:
         upstream.close()
 
@@ -183,34 +184,39 @@ def _problem_answer(error: GatewayError, exchange: Exchange) -> StoredAnswer:
     )
 
 
-@dataclass(slots=True)
-class Exchange:
-    """What one caller request has been through so far: the access log line's fields."""
+class _Copies:
+    """Where a streamed answer's bytes go besides the caller: the Idempotency-Key record (up
+    to its bound) and the practice-version tap of a GetPracticeDetails answer."""
 
-    request_id: str
-    method: str
-    deadline: float = 0.0  # resilience-clock time by which the caller must have an answer
-    route: str = OTHER_ROUTE
-    practice_id: str | None = None
-    status: int = 500
-    attempts: int = 0
-    error: str | None = None
-    replayable: bool = True  # the body (if any) is buffered and can be sent again
-    keyed: bool = False  # an Idempotency-Key goes upstream (decided from the headers sent)
-    # Some attempt may have reached the practice (so a keyed POST must not be sent again).
-    maybe_delivered: bool = False
-    answer: StoredAnswer | None = None  # what the caller got, kept for an Idempotency-Key
-    collect: bool = False  # keep the streamed body (up to a bound) for that record
-    trace: RequestSpan = NO_TRACE  # the SERVER span (gateway/tracing: a no-op when off)
+    __slots__ = ("_kept", "_limit", "_tap")
 
+    def __init__(self, collect: bool, limit: int, tap: DetailsTap | None) -> None:
+        self._kept: bytearray | None = bytearray() if collect else None
+        self._limit = limit
+        self._tap = tap
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One attempt's outcome: EXACT's response or the gateway's error, and its ticket."""
+    def feed(self, chunk: bytes) -> None:
+        if self._kept is not None:
+            self._kept += chunk
+            if len(self._kept) > self._limit:
+                self._kept = None  # too large to replay: the record keeps status and headers
+        if self._tap is not None:
+            self._tap.feed(chunk)
 
-    upstream: aiohttp.ClientResponse | None
-    error: GatewayError | None
-    ticket: Ticket
+    def tap_whole(self, body: bytes) -> None:
+        if self._tap is not None:
+            self._tap.feed(body)
+            self._tap.finish()
+
+    def finish(self) -> None:
+        if self._tap is not None:
+            self._tap.finish()
+
+    def drop(self) -> None:
+        self._kept = None
+
+    def kept_body(self) -> bytes | None:
+        return bytes(self._kept) if self._kept is not None else None
 
 
 class Proxy:
@@ -226,16 +232,18 @@ class Proxy:
         *,
         history: History,
         idempotency: IdempotencyKeys | None = None,
+        access_log: AccessLog | None = None,
         practices: PracticeWatch | None = None,
         tracing: Tracing | None = None,
     ) -> None:
-        self._tracing = tracing if tracing is not None else Tracing()
         self._idempotency = idempotency
         self._practices = practices
-        self._history = history
+        self._tracing = tracing if tracing is not None else Tracing()
+        self._observer = Observer(
+            metrics, history, access_log if access_log is not None else AccessLog()
+        )
         self._upstream = upstream
         self._tokens = tokens
-        self._metrics = metrics
         self._resilience = resilience
         # One clock for the whole request path: the one the breakers and deadlines use.
         self._clock = resilience.clock
@@ -252,7 +260,6 @@ class Proxy:
         try:
             target = parse_target(request.method, request.raw_path)
             exchange.route, exchange.practice_id = target.route, target.practice_id
-            check_values(request.headers.items())
             exchange.deadline = self._clock.monotonic() + deadline_for(
                 request.headers.get("X-Gateway-Timeout"), self._deadline
             )
@@ -275,7 +282,7 @@ class Proxy:
             return response
         except GatewayError as error:
             exchange.error, exchange.status = error.reason, error.status
-            self._metrics.rejected.labels(error.reason).inc()
+            self._observer.rejected(error.reason)
             if error.practice_id is None:
                 error.practice_id = exchange.practice_id
             return problem_response(error, exchange.request_id)
@@ -294,10 +301,10 @@ class Proxy:
             )
             internal = GatewayError(f"unexpected gateway error ({type(exc).__name__})")
             exchange.error, exchange.status = internal.reason, internal.status
-            self._metrics.rejected.labels(internal.reason).inc()
+            self._observer.rejected(internal.reason)
             return problem_response(internal, exchange.request_id)
         finally:
-            self._observe(exchange, self._clock.monotonic() - started)
+            self._observer.request(exchange, self._clock.monotonic() - started)
             exchange.trace.end(exchange.route, exchange.status, exchange.error)
 
     async def _claim(
@@ -375,15 +382,16 @@ class Proxy:
         exchange: Exchange,
         caller_body: bytes | StreamReader | None,
     ) -> web.StreamResponse:
+        """The attempt loop: I/O only. What each attempt's outcome means is
+        :meth:`Resilience.decide`'s call; this carries the decision out."""
         body = _CallerBody(caller_body) if isinstance(caller_body, StreamReader) else caller_body
-        patience = exchange.deadline - self._clock.monotonic()
-        token = await exchange.trace.token(self._tokens, patience)
-        self._resilience.budget.record_request(self._clock.monotonic())
-        replayed_401 = False
+        clock = self._clock
+        token = await exchange.trace.token(self._tokens, exchange.deadline - clock.monotonic())
+        self._resilience.budget.record_request(clock.monotonic())
         retained: StoredAnswer | None = None  # the last failed answer, across a retry's wait
         while True:
             try:
-                attempt = await self._attempt(request, target, exchange, token, body)
+                ticket, outcome = await self._attempt(request, target, exchange, token, body)
             except (CircuitOpen, UpstreamCircuitOpen):
                 if exchange.attempts == 0:
                     raise  # refused without trying: the breaker is the honest reason
@@ -392,76 +400,47 @@ class Proxy:
                 if retained is not None:
                     return stored_response(retained, exchange.request_id)
                 raise
-            upstream = attempt.upstream
-            if upstream is not None and upstream.status == 401 and not replayed_401:
+            decision = self._resilience.decide(ticket, outcome, exchange)
+            if decision.skipped is not None:
+                self._trace_skip(exchange, ticket, decision.skipped)
+            response: UpstreamResponse | None = outcome.response
+            action = decision.action
+            if action is Action.ANSWER:
+                assert response is not None  # noqa: S101 - ANSWER is only given a response
+                return await self._stream(request, response, exchange)
+            if action is Action.REFUSE:
+                if response is not None:
+                    response.close()
+                assert decision.error is not None  # noqa: S101 - REFUSE carries its error
+                raise decision.error
+            assert response is not None or action is Action.RETRY  # noqa: S101
+            if action is Action.REPLAY:
+                assert response is not None  # noqa: S101 - a 401 is a response
                 # EXACT refused the token (revoked, or expired in a way we could not see).
                 # A new one once per token generation, and one replay if the body allows.
-                replayed_401 = True
+                exchange.token_replaced = True
                 try:
                     replacement = await self._tokens.replace(token)
                 except GatewayError:
-                    upstream.close()
+                    response.close()
                     raise
-                if replacement is not None and exchange.replayable:
-                    upstream.close()
-                    token = replacement
-                    continue
-            wait = self._retry_wait(request, exchange, attempt)
-            if wait is None:
-                break
-            retained = None
-            if upstream is not None:
-                retained = await _retain(upstream)
-            await asyncio.sleep(wait)
-        if attempt.error is not None:
-            raise attempt.error
-        assert upstream is not None  # noqa: S101 - an attempt has a response or an error
-        return await self._stream(request, upstream, exchange)
+                if replacement is None or not exchange.replayable:
+                    return await self._stream(request, response, exchange)
+                response.close()
+                token = replacement
+                continue
+            retained = await _retain(response) if response is not None else None
+            retry = decision.retry.value if decision.retry is not None else ""
+            exchange.trace.event("retry", {"reason": retry, "wait_s": decision.wait})
+            await clock.sleep(decision.wait)
 
-    def _retry_wait(
-        self, request: web.BaseRequest, exchange: Exchange, attempt: Attempt
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or None to answer with this outcome.
-
-        Whatever stops a retry, the caller gets its own last outcome (EXACT's answer, or
-        ``upstream_unreachable``/``upstream_timeout``): the reason says what happened to
-        this request, and the metric ``retries_skipped_total`` says why it was not retried.
-        """
-        upstream, error = attempt.upstream, attempt.error
-        resilience = self._resilience
-        reason = retry_reason(upstream.status if upstream is not None else None, error)
-        if reason is None:
-            return None
-        if (opened := resilience.opened_by(attempt.ticket)) is not None:
-            # This attempt opened a breaker: retrying into it would only be refused.
+    def _trace_skip(self, exchange: Exchange, ticket: Ticket, skipped: SkipReason) -> None:
+        """A span event for a retry not made: the breaker this attempt opened, or the rule."""
+        opened = self._resilience.opened_by(ticket) if skipped is SkipReason.BREAKER else None
+        if opened is not None:
             exchange.trace.breaker_opened(opened)
-            self._metrics.retries_skipped.labels("breaker").inc()
-            return None
-        why = "body_streamed"
-        if exchange.replayable:
-            hint = upstream.headers.get("Retry-After") if upstream is not None else None
-            verdict = decide(
-                resilience.retry,
-                attempt=exchange.attempts,
-                reason=reason,
-                method=request.method,
-                has_idempotency_key=exchange.keyed,
-                retry_after=parse_retry_after(hint, self._clock.wall()),
-                remaining=exchange.deadline - self._clock.monotonic(),
-                rng=resilience.rng,
-            )
-            why = verdict.why
-            if verdict.retry:
-                if resilience.budget.try_spend(self._clock.monotonic()):
-                    self._metrics.retries.labels(reason).inc()
-                    exchange.trace.event("retry", {"reason": reason, "wait_s": verdict.wait})
-                    return verdict.wait
-                why = "budget"
-        self._metrics.retries_skipped.labels(why).inc()
-        exchange.trace.event("retry.skipped", {"reason": why})
-        if error is not None and why == "budget":
-            error.detail += " (not retried: retries across all requests are at their budget)"
-        return None
+        else:
+            exchange.trace.event("retry.skipped", {"reason": skipped.value})
 
     async def _attempt(
         self,
@@ -470,94 +449,96 @@ class Proxy:
         exchange: Exchange,
         token: str,
         body: bytes | _CallerBody | None,
-    ) -> Attempt:
-        """One call to EXACT, cleared with the breakers first and reported to them after."""
-        remaining = exchange.deadline - self._clock.monotonic()
+    ) -> tuple[Ticket, Outcome]:
+        """One call to EXACT, cleared with the breakers first."""
+        clock = self._clock
+        sent = clock.monotonic()
+        remaining = exchange.deadline - sent
         if remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before EXACT answered")
         ticket = exchange.trace.admit(self._resilience, target.practice_id)
-        limit = min(self._attempt_timeout, remaining)
+        limit = self._attempt_timeout if remaining > self._attempt_timeout else remaining
         headers = request_headers(request.headers, token, exchange.request_id)
         span = exchange.trace.attempt(request.method, target.route, exchange.attempts)
         span.inject(headers)
-        sent = self._clock.monotonic()
         exchange.attempts += 1
         try:
-            upstream = await span.sent(
-                self._upstream.send(request.method, target.path, headers, body, limit=limit)
+            outcome = await span.sent(
+                self._upstream.send(
+                    request.method,
+                    target.path,
+                    headers,
+                    aiter(body) if isinstance(body, _CallerBody) else body,
+                    limit,
+                )
             )
-        except UpstreamTimeout as error:
-            if isinstance(body, _CallerBody) and body.waiting_for_caller:
-                # Stuck on the caller's own upload: its slowness, not the practice's.
-                self._resilience.abandon(ticket)
-                raise RequestTimeout(
-                    "the request body stopped arriving before it was complete"
-                ) from None
-            if not error.connecting:
-                exchange.maybe_delivered = True
-            if not error.connecting and limit < self._attempt_timeout:
-                # Cut short by the caller's deadline, not by the practice's slowness.
-                self._resilience.abandon(ticket)
-                self._observe_attempt(target.route, DeadlineExceeded.reason, sent)
-                raise DeadlineExceeded(
-                    "the request's deadline passed before EXACT answered"
-                ) from None
-            self._resilience.observe(ticket, None, error)
-            self._observe_attempt(target.route, error.reason, sent)
-            self._feed(target, None, error, sent)
-            return Attempt(None, error, ticket)
-        except GatewayError as error:
+        except BaseException as exc:
+            self._resilience.abandon(ticket)
             if isinstance(body, _CallerBody) and (cause := body.failure()) is not None:
                 # The send failed because the caller's body broke off, not because of EXACT.
-                self._resilience.abandon(ticket)
                 if isinstance(cause, RequestTimeout):
-                    raise cause from error
-                raise CallerGone from error
-            if not isinstance(error, UpstreamUnreachable) or error.sent:
-                exchange.maybe_delivered = True
-            self._resilience.observe(ticket, None, error)
-            self._observe_attempt(target.route, error.reason, sent)
-            self._feed(target, None, error, sent)
-            return Attempt(None, error, ticket)
-        except BaseException:
+                    raise cause from exc
+                raise CallerGone from exc
             exchange.maybe_delivered = True  # cancelled mid-send: assume it may have arrived
-            self._resilience.abandon(ticket)
             raise
-        if upstream.status not in NOT_DELIVERED_STATUSES:
+        # Read before anything else runs: was the attempt waiting on the caller's own body?
+        exchange.caller_stalled = isinstance(body, _CallerBody) and body.waiting_for_caller
+        if outcome.maybe_delivered:
             exchange.maybe_delivered = True
-        self._resilience.observe(ticket, upstream.status, None, upstream.headers.get("Retry-After"))
-        self._observe_attempt(target.route, str(upstream.status), sent)
-        self._feed(target, upstream.status, None, sent)
-        return Attempt(upstream, None, ticket)
+        if not exchange.caller_stalled:
+            elapsed = clock.monotonic() - sent
+            self._observer.attempt(target.route, outcome.label, elapsed)
+            if self._practices is not None and outcome.kind is not OutcomeKind.CUT_BY_DEADLINE:
+                # One attempt's outcome for the availability ledger.
+                failed = outcome.kind is not OutcomeKind.RESPONSE
+                self._practices.observed(
+                    target.practice_id,
+                    None if failed else outcome.status,
+                    outcome.error() if failed else None,
+                    elapsed,
+                )
+        return ticket, outcome
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
+        self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=response_headers(upstream.headers, exchange.request_id),
+        headers = response_headers(upstream.headers, exchange.request_id)
+        status = upstream.status
+        copies = _Copies(
+            exchange.collect,
+            self._idempotency.max_response_bytes if self._idempotency is not None else 0,
+            # A GetPracticeDetails answer tells the practice's EXACT version.
+            self._practices.tap(exchange.method, exchange.route, exchange.practice_id, status)
+            if self._practices is not None
+            else None,
         )
-        kept: bytearray | None = bytearray() if exchange.collect else None
-        tap = None
-        if self._practices is not None:  # a GetPracticeDetails answer tells the version
-            tap = self._practices.tap(
-                exchange.method, exchange.route, exchange.practice_id, upstream.status
-            )
-        limit = self._idempotency.max_response_bytes if self._idempotency is not None else 0
+        if request.method != "HEAD" and status not in _NO_BODY:
+            body = upstream.complete_body()
+            if body is not None:
+                # The fast path: the whole answer is in. Its connection goes back to the pool
+                # now, and head and body leave in one write.
+                upstream.release()
+                copies.tap_whole(body)
+                return self._whole(upstream, headers, body, exchange)
+        response = web.StreamResponse(status=status, reason=upstream.reason)
+        response.headers.extend(headers)
+        reply = Reply(upstream)
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                if kept is not None:
-                    kept += chunk
-                    if len(kept) > limit:
-                        kept = None  # too large to replay: the record keeps status and headers
-                if tap is not None:
-                    tap.feed(chunk)
+            async for chunk in Upstream.body(reply):
+                copies.feed(chunk)
                 await response.write(chunk)
+            if reply.broken is not None:
+                # EXACT failed mid-body: the status line is already sent, so the only honest
+                # signal left is to cut the connection and let the caller see a short body.
+                upstream.close()
+                exchange.error = f"stream_aborted:{reply.broken}"
+                if request.transport is not None:
+                    request.transport.close()
+                copies.drop()
+                return response
             await response.write_eof()
-            if tap is not None:
-                tap.finish()
+            copies.finish()
         except ConnectionError:
             # The caller hung up mid-body, or stopped reading and the listener cut it off
             # (aiohttp raises this on our write): drop the half-read upstream connection.
@@ -566,16 +547,7 @@ class Proxy:
             exchange.error = slow.reason if slow is not None else "client_disconnected"
             response.force_close()
             exchange.status = CLIENT_CLOSED_REQUEST
-            kept = None
-            return response
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # EXACT failed mid-body: the status line is already sent, so the only honest
-            # signal left is to cut the connection and let the caller see a short body.
-            upstream.close()
-            exchange.error = f"stream_aborted:{type(exc).__name__}"
-            if request.transport is not None:
-                request.transport.close()
-            kept = None
+            copies.drop()
             return response
         except BaseException:
             # Cancelled: drop the half-read upstream connection rather than pool it.
@@ -584,12 +556,25 @@ class Proxy:
         finally:
             if exchange.collect:
                 exchange.answer = StoredAnswer(
-                    upstream.status,
-                    upstream.reason or "",
-                    tuple(response_headers(upstream.headers, exchange.request_id).items()),
-                    bytes(kept) if kept is not None else None,
+                    upstream.status, upstream.reason, tuple(headers.items()), copies.kept_body()
                 )
         upstream.release()
+        return response
+
+    def _whole(
+        self, upstream: UpstreamResponse, headers: CIMultiDict[str], body: bytes, exchange: Exchange
+    ) -> web.Response:
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
+        headers.popall("Content-Length", None)  # aiohttp sets it from the body: they agree
+        response.headers.extend(headers)
+        if exchange.collect:
+            limit = self._idempotency.max_response_bytes if self._idempotency is not None else 0
+            exchange.answer = StoredAnswer(
+                upstream.status,
+                upstream.reason,
+                tuple(headers.items()),
+                body if len(body) <= limit else None,
+            )
         return response
 
     async def _body(self, request: web.BaseRequest) -> tuple[bytes | StreamReader | None, bool]:
@@ -611,47 +596,7 @@ class Proxy:
 
     def refused(self, error: GatewayError, request_id: str, method: str) -> None:
         """Count and log a request the listener refused before it reached this handler."""
-        self._metrics.rejected.labels(error.reason).inc()
+        self._observer.rejected(error.reason)
         exchange = Exchange(request_id, method_label(method), status=error.status)
         exchange.error = error.reason
-        self._observe(exchange, 0.0)
-
-    def _observe_attempt(self, route: str, outcome: str, sent: float) -> None:
-        self._metrics.upstream_attempts.labels(route, outcome).inc()
-        self._metrics.upstream_attempt_duration.labels(route).observe(
-            self._clock.monotonic() - sent
-        )
-
-    def _feed(
-        self, target: Target, status: int | None, error: GatewayError | None, sent: float
-    ) -> None:
-        """One attempt's outcome for the availability ledger."""
-        if self._practices is not None:
-            self._practices.observed(
-                target.practice_id, status, error, self._clock.monotonic() - sent
-            )
-
-    def _observe(self, exchange: Exchange, elapsed: float) -> None:
-        self._history.record(exchange.status, exchange.error is not None, elapsed)
-        code = str(exchange.status)
-        self._metrics.requests.labels(exchange.method, exchange.route, code).inc()
-        self._metrics.request_duration.labels(exchange.method, exchange.route, code).observe(
-            elapsed
-        )
-        access_log.info(
-            "request",
-            extra={
-                "fields": {
-                    "event": "request",
-                    "method": exchange.method,
-                    "route": exchange.route,
-                    "status": exchange.status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "attempts": exchange.attempts,
-                    "practice_id": exchange.practice_id,
-                    "request_id": exchange.request_id,
-                    "error": exchange.error,
-                    **exchange.trace.log_fields(),  # trace_id, when tracing is on
-                }
-            },
-        )
+        self._observer.request(exchange, 0.0)

@@ -73,6 +73,11 @@ class LogFormat(StrEnum):
     TEXT = "text"
 
 
+class EventLoop(StrEnum):
+    UVLOOP = "uvloop"  # on Linux when installed (the default); otherwise asyncio's own
+    ASYNCIO = "asyncio"
+
+
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -314,6 +319,8 @@ class Settings(BaseSettings):
     # Lifecycle (see README "Shutdown"): drain stays below Kubernetes' default 30 s grace.
     shutdown_grace_seconds: float = Field(default=2.0, ge=0)
     drain_seconds: float = Field(default=20.0, ge=0)
+    # The event loop: uvloop (libuv) by default on Linux, asyncio's own to rule it out.
+    event_loop: EventLoop = EventLoop.UVLOOP
 
     # The sandbox started in-process by `serve --environment sandbox` / `check`.
     sandbox_token_lifetime_seconds: int = Field(default=3600, ge=1)

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import math
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import StreamReader, web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
@@ -92,7 +92,9 @@ class CallerConnection(RequestHandler):
     # -- connection lifecycle ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a TCP listener
+        # A TCP listener's transport (uvloop's is not an asyncio.Transport subclass, hence
+        # a cast rather than an isinstance check).
+        transport = cast(asyncio.Transport, transport)
         self._tcp = transport
         if not self._listener.admit():
             # Over the limit: a one-line answer and a close, before any parsing or task.

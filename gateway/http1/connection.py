@@ -457,6 +457,22 @@ class Connection(asyncio.Protocol):
             self._drain_waiter = self._loop.create_future()
             await self._drain_waiter
 
+    def take_complete_body(self) -> bytes | None:
+        """The whole body if it has already arrived to its framed end, else None (nothing
+        taken). Lets a small answer be handed on in one piece, without a wait per chunk."""
+        if not self._complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._reading_paused:
+            # Keep watching the socket: a byte after the framed end must still be seen.
+            self._reading_paused = False
+            if self._transport is not None and not self._closing:
+                self._transport.resume_reading()
+        return body
+
     async def read_chunk(self, read_timeout: float) -> bytes | None:
         """The next body chunk, or None at the framed end; raises the exchange's error."""
         while True:

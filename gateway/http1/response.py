@@ -43,6 +43,14 @@ class UpstreamResponse:
             raise StopAsyncIteration
         return chunk
 
+    def complete_body(self) -> bytes | None:
+        """The whole body when it has already arrived in full (it is then consumed), else
+        None and nothing is consumed."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("the response was already released or closed")
+        return conn.take_complete_body()
+
     async def read(self) -> bytes:
         """The whole body: for small bodies (tests, identity answers)."""
         return b"".join([chunk async for chunk in self])

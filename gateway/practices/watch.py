@@ -34,7 +34,6 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.clock import Clock
@@ -45,7 +44,9 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.exact_api import API_MINIMUM_VERSION, route_minimum_version
+from gateway.http1 import Http1Error, UpstreamResponse
 from gateway.ledger import Answer, Ledger, classify
+from gateway.outcome import OutcomeKind
 from gateway.pauses import PauseBook, ReloadResult, watch_file
 from gateway.policies import PracticesPolicy
 from gateway.practices.subscriptions import (
@@ -340,21 +341,21 @@ class PracticeWatch:
         limit = self.policy.attempt_timeout
         token = await self._tokens.get(wait=limit)
         headers = request_headers(CIMultiDictProxy(CIMultiDict()), token, "exact-gateway-own")
-        headers["Accept"] = "application/json"
+        headers.append(("Accept", "application/json"))
         started = self._clock.monotonic()
-        try:
-            response = await self._upstream.send("GET", path, headers, None, limit=limit)
-        except GatewayError as error:
-            return Outcome(None, None, None, error, self._clock.monotonic() - started)
+        sent = await self._upstream.send("GET", path, headers, None, limit)
         duration = self._clock.monotonic() - started
+        if sent.kind is not OutcomeKind.RESPONSE:
+            return Outcome(None, None, None, sent.error(), duration)
+        response: UpstreamResponse = sent.response
         try:
             async with asyncio.timeout(limit):
                 body = await _read_bounded(response, max_bytes)
-        except (aiohttp.ClientError, TimeoutError):
+        except (Http1Error, TimeoutError):
             body = None
         finally:
             response.close()
-        return Outcome(response.status, body, response.headers.get("Retry-After"), None, duration)
+        return Outcome(sent.status, body, sent.retry_after, None, duration)
 
     async def _lookup(self, practice_id: str) -> None:
         text = None
@@ -484,13 +485,10 @@ class PracticeWatch:
                 )
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
+async def _read_bounded(response: UpstreamResponse, max_bytes: int) -> bytes | None:
     """The whole body, or None once it is longer than ``max_bytes`` (read no further)."""
-    length = response.content_length
-    if length is not None and length > max_bytes:
-        return None
     body = bytearray()
-    while chunk := await response.content.read(max_bytes + 1 - len(body)):
+    async for chunk in response:
         body += chunk
         if len(body) > max_bytes:
             return None

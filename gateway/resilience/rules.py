@@ -12,6 +12,7 @@ outcome of an attempt                  practice breaker    partner-wide ("upstre
 503 / 504 / no answer in time          failure             host answered: success [1]
 502, 2xx, 3xx, 4xx                     success             success
 cannot connect / TLS / connection lost neutral             failure
+unusable answer (bad status, head)     neutral             failure
 503 / 504 on a partner-wide path       (none)              failure
 =====================================  ==================  ============================
 
@@ -37,8 +38,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.errors import CircuitOpen, GatewayError, UpstreamCircuitOpen, UpstreamTimeout
+from gateway.errors import (
+    CircuitOpen,
+    GatewayError,
+    RequestTimeout,
+    UpstreamCircuitOpen,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from gateway.metrics import Metrics
+from gateway.outcome import Outcome, OutcomeKind
 from gateway.resilience.breaker import (
     Admission,
     Breaker,
@@ -50,11 +59,32 @@ from gateway.resilience.breaker import (
 )
 from gateway.resilience.budget import RetryBudget
 from gateway.resilience.bulkhead import Bulkhead
-from gateway.resilience.retry import RetryPolicy, parse_retry_after
+from gateway.resilience.decision import ANSWER, REPLAY, Action, Decision, RequestState
+from gateway.resilience.retry import (
+    RetryPolicy,
+    RetryReason,
+    SkipReason,
+    parse_retry_after,
+)
+from gateway.resilience.retry import decide as decide_retry
 
 log = logging.getLogger("exact_gateway.breaker")
 
 UPSTREAM = "upstream"
+_TIMED_OUT = frozenset({OutcomeKind.NO_ANSWER_IN_TIME, OutcomeKind.CUT_BY_DEADLINE})
+# The retryable kind of each failed outcome, and of each status (None: never retried).
+_RETRY_REASONS: dict[OutcomeKind, RetryReason | None] = {
+    OutcomeKind.CONNECT_FAILED: RetryReason.CONNECT_ERROR,
+    OutcomeKind.CONNECT_TIMEOUT: RetryReason.CONNECT_ERROR,
+    OutcomeKind.LOST_AFTER_SEND: RetryReason.CONNECTION_LOST,
+    OutcomeKind.NO_ANSWER_IN_TIME: RetryReason.TIMEOUT,
+    OutcomeKind.BAD_RESPONSE: None,
+}
+_STATUS = {503: RetryReason.STATUS_503, 504: RetryReason.STATUS_504}
+# What observe() is told for failures without a response (built once: no per-call objects).
+_PRACTICE_SLOW = UpstreamTimeout("no answer in time")
+_HOST_SLOW = UpstreamTimeout("no connection in time", connecting=True)
+_HOST_FAILED = UpstreamUnreachable("the EXACT host failed")
 _FAILURE_STATUSES = frozenset({503, 504})
 # (state, cause: "connection" or "correlated" unless closed, seconds it opens for when open)
 UpstreamListener = Callable[[str, str | None, float | None], None]
@@ -143,6 +173,9 @@ class Resilience:
         self._breaker_listeners: list[BreakerListener] = []
         self._opening_listeners: list[OpeningListener] = []
         self._prober: Prober | None = None
+        # Metric children resolved once: a retry or a skip costs one increment.
+        self._retried = {r: metrics.retries.labels(r.value) for r in RetryReason}
+        self._skipped = {r: metrics.retries_skipped.labels(r.value) for r in SkipReason}
 
     def watch_upstream(self, listener: UpstreamListener) -> None:
         """Call ``listener`` on every change of the partner-wide breaker (the status page's
@@ -212,6 +245,88 @@ class Resilience:
             ticket.practice.release()
         if ticket.upstream_probe:
             self.upstream.release()
+
+    # -- one attempt, one verdict -----------------------------------------------------------
+
+    def decide(  # noqa: PLR0911 - one return per row of the table
+        self, ticket: Ticket, outcome: Outcome, state: RequestState
+    ) -> Decision:
+        """The README's resilience table as one function: feed the attempt's outcome to the
+        breakers it concerns, then say what the request does next.
+
+        Rows, in the order they are tried: the caller's own slowness or deadline never
+        counts (the ticket is abandoned); a request that cannot be sent as it is gets 400;
+        every other outcome is observed by the breakers; a 401 gets one new token and replay;
+        a retryable outcome is retried unless this attempt opened a breaker, the body cannot
+        be sent again, the retry policy (method, attempts, Retry-After, deadline) says no, or
+        the retry budget is spent. Whatever stops a retry, the caller hears its own outcome.
+        """
+        kind = outcome.kind
+        if state.caller_stalled and kind in _TIMED_OUT:
+            self.abandon(ticket)
+            return Decision(
+                Action.REFUSE,
+                RequestTimeout("the request body stopped arriving before it was complete"),
+            )
+        if kind is OutcomeKind.CUT_BY_DEADLINE or kind is OutcomeKind.INVALID_REQUEST:
+            self.abandon(ticket)
+            return Decision(Action.REFUSE, outcome.error())
+        self._observe(ticket, outcome)
+        status = outcome.status
+        if kind is OutcomeKind.RESPONSE:
+            if status == 401 and not state.token_replaced:
+                return REPLAY
+            if status not in _STATUS:
+                return ANSWER  # the fast path: nothing else to weigh
+        reason = _STATUS.get(status) if kind is OutcomeKind.RESPONSE else _RETRY_REASONS.get(kind)
+        if reason is None:
+            return self._answer(outcome, None)
+        if self.opened_by(ticket) is not None:
+            # This attempt opened a breaker: retrying into it would only be refused.
+            return self._answer(outcome, SkipReason.BREAKER)
+        if not state.replayable:
+            return self._answer(outcome, SkipReason.BODY_STREAMED)
+        now = self.clock.monotonic()
+        verdict = decide_retry(
+            self.retry,
+            attempt=state.attempts,
+            reason=reason,
+            method=state.method,
+            has_idempotency_key=state.keyed,
+            retry_after=parse_retry_after(outcome.retry_after, self.clock.wall()),
+            remaining=state.deadline - now,
+            rng=self.rng,
+        )
+        if verdict.why is not None:
+            return self._answer(outcome, verdict.why)
+        if not self.budget.try_spend(now):
+            return self._answer(outcome, SkipReason.BUDGET)
+        self._retried[reason].inc()
+        return Decision(Action.RETRY, wait=verdict.wait, retry=reason)
+
+    def _answer(self, outcome: Outcome, skipped: SkipReason | None) -> Decision:
+        """The caller hears this attempt's own outcome (``skipped``: the rule that stopped a
+        retry, counted)."""
+        if skipped is not None:
+            self._skipped[skipped].inc()
+        if outcome.kind is OutcomeKind.RESPONSE:
+            return ANSWER if skipped is None else Decision(Action.ANSWER, skipped=skipped)
+        error = outcome.error()
+        if skipped is SkipReason.BUDGET:
+            error.detail += " (not retried: retries across all requests are at their budget)"
+        return Decision(Action.REFUSE, error, skipped=skipped)
+
+    def _observe(self, ticket: Ticket, outcome: Outcome) -> None:
+        kind = outcome.kind
+        if kind is OutcomeKind.RESPONSE:
+            self.observe(ticket, outcome.status, None, outcome.retry_after)
+        elif kind is OutcomeKind.NO_ANSWER_IN_TIME:
+            self.observe(ticket, None, _PRACTICE_SLOW)
+        elif kind is OutcomeKind.CONNECT_TIMEOUT:
+            self.observe(ticket, None, _HOST_SLOW)
+        else:
+            # Refused, TLS, lost, or bytes that are not HTTP: the EXACT host failed.
+            self.observe(ticket, None, _HOST_FAILED)
 
     # -- outcomes ---------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from gateway.errors import ConfigError
 
@@ -53,8 +53,8 @@ class AttemptSpan:
 
     __slots__ = ()
 
-    def inject(self, headers: CIMultiDict[str]) -> None:
-        """Put this span's trace context into the headers sent to EXACT."""
+    def inject(self, headers: list[tuple[str, str]]) -> None:
+        """Put this span's trace context into the headers sent to EXACT (wire order)."""
 
     def sent(self, pending: Awaitable[T]) -> Awaitable[T]:
         """The attempt's send, ending the span with its outcome (off: ``pending`` itself)."""

@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.propagators.textmap import Getter
@@ -85,12 +85,17 @@ class SdkAttemptSpan(AttemptSpan):
     def __init__(self, span: Span) -> None:
         self._span = span
 
-    def inject(self, headers: CIMultiDict[str]) -> None:
+    def inject(self, headers: list[tuple[str, str]]) -> None:
         # The caller's context is replaced, never sent beside ours: EXACT's spans hang under
         # this attempt. A tracestate is sent only when the trace carries one.
-        headers.popall(_TRACEPARENT, None)
-        headers.popall(_TRACESTATE, None)
-        _PROPAGATOR.inject(headers, context=set_span_in_context(self._span))
+        headers[:] = [
+            (name, value)
+            for name, value in headers
+            if name.lower() not in {_TRACEPARENT, _TRACESTATE}
+        ]
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=set_span_in_context(self._span))
+        headers.extend(carrier.items())
 
     def sent(self, pending: Awaitable[T]) -> Awaitable[T]:
         return self._outcome(pending)
@@ -106,6 +111,11 @@ class SdkAttemptSpan(AttemptSpan):
             # The class only: a foreign message may quote a URL with its query string.
             self._fail(type(error).__name__)
             raise
+        failure = getattr(response, "failure", None)
+        if isinstance(failure, str):
+            # An attempt outcome that is a failure (the upstream edge returns, not raises).
+            self._fail(failure)
+            return response
         status = getattr(response, "status", None)
         if isinstance(status, int):
             span.set_attribute("http.response.status_code", status)

@@ -1,23 +1,39 @@
-"""What the gateway costs: the same load against an upstream directly and through the gateway.
+"""What the gateway costs, against what the machine and the framework can do, in one run.
 
 One run starts an upstream on loopback (nginx serving a static ~600-byte practice-details
-JSON and a static token when ``nginx`` is installed, otherwise the built-in sandbox), starts
-``python -m gateway serve`` pointed at it, then drives the same load with the same tool and
-parameters at (a) the upstream directly and (b) the gateway, each after a short warm-up. It
-prints requests/s, p50 and p99 latency, non-2xx and error counts for both, the
-gateway/direct ratios, the core count, the load tool and the gateway's resident memory.
+JSON and a static token when ``nginx`` is installed, otherwise the built-in sandbox) and then
+measures, with the same tool and parameters, interleaved over ``--rounds`` rounds:
+
+- ``direct``: the upstream itself;
+- ``nginx_proxy``: nginx as a reverse proxy in front of it (one worker, keep-alive upstream
+  pool): what a mature proxy adds (needs nginx);
+- ``hello``: a bare aiohttp hello server (``web.Application`` and one route), the
+  framework's ceiling for a Python server on this machine;
+- ``gateway``: ``python -m gateway serve`` at its defaults (log level ``info``: one JSON
+  access line per request);
+- ``fastfail``: the gateway answering a practice whose breaker is open (503
+  ``circuit_open``), which does no I/O upstream.
+
+Each at every ``--connections`` count (default 32 and 1). It prints requests/s, p50 and p99
+latency, CPU microseconds per request of the process under test (utime+stime deltas from
+/proc/<pid>/stat, children included), the best round of each, and the ratios to ``hello``
+and ``direct``. Where ``taskset`` exists and two CPUs are usable, the process under test runs
+alone on the last CPU and everything else (the load tool, the upstream, this script) on the
+first.
 
 Run::
 
-    python tests/benchmarks/bench_proxy.py [--duration S] [--connections N]
+    python tests/benchmarks/bench_proxy.py [--duration S] [--rounds N] [--connections 32,1]
         [--upstream auto|nginx|sandbox] [--tool auto|wrk|builtin] [--path P] [--warmup S]
 
 The load tool is ``wrk`` when installed, otherwise a built-in aiohttp load generator that runs
 in a child process of this same file (so it never shares an event loop or a GIL with anything
 it measures). Everything listens on 127.0.0.1 only, every phase has a bounded duration, and
 every process started here is stopped on exit, on Ctrl-C and on SIGTERM. The exit status is
-non-zero when any request failed or answered non-2xx, so a run cannot silently measure errors:
-0 = clean, 1 = errors or non-2xx seen, 2 = could not start or finish, 130 = interrupted.
+non-zero when any request failed or answered unexpectedly (non-2xx, or anything but 503 for
+``fastfail``), so a run cannot silently measure errors:
+0 = clean, 1 = errors or unexpected statuses seen, 2 = could not start or finish, 130 =
+interrupted.
 
 See tests/benchmarks/README.md for how to read the ratios and the caveats of a small machine.
 """
@@ -49,6 +65,18 @@ from types import FrameType
 import aiohttp
 
 PRACTICE_PATH = "/v1/Practices/UKTEST1/details"
+# The practice the fast-fail run asks for: its upstream answers 503 until its breaker opens.
+OFFLINE_PATH = "/v1/Practices/UKOFFLINE1/details"
+# wrk spreads its requests over this many practice ids (as a real partner's traffic does:
+# one breaker and one bulkhead entry per practice).
+PRACTICE_IDS = 100
+WRK_SCRIPT = """\
+local i = 0
+request = function()
+  i = (i % {n}) + 1
+  return wrk.format("GET", string.format("{prefix}%d{suffix}", i))
+end
+"""
 SANDBOX_CLIENT_ID = "sandbox-partner"
 SANDBOX_CLIENT_SECRET = "sandbox-secret-not-for-production"  # the sandbox's published demo secret
 REQUEST_TIMEOUT_S = 5  # per request, for both tools: a stuck request counts as an error
@@ -101,8 +129,42 @@ http {{
         listen 127.0.0.1:{port};
         default_type application/json;
         location = /connect/token {{ return 200 '{token}'; }}
+        location /v1/Practices/UKOFFLINE1/ {{
+            add_header Retry-After 300 always;
+            return 503 '{{"message":"practice offline"}}';
+        }}
         location /v1/ {{ return 200 '{body}'; }}
         location / {{ return 404; }}
+    }}
+}}
+"""
+
+
+# nginx as a reverse proxy: one worker, a keep-alive pool to the upstream (what the gateway
+# does), no buffering to disk.
+NGINX_PROXY_CONF = """\
+worker_processes 1;
+pid {tmp}/nginx-proxy.pid;
+error_log {tmp}/error-proxy.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    server_tokens off;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/p_client_body;
+    proxy_temp_path {tmp}/p_proxy;
+    fastcgi_temp_path {tmp}/p_fastcgi;
+    uwsgi_temp_path {tmp}/p_uwsgi;
+    scgi_temp_path {tmp}/p_scgi;
+    upstream exact {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://exact;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
     }}
 }}
 """
@@ -148,7 +210,10 @@ class Children:
         argv: Sequence[str],
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        cpu: int | None = None,
     ) -> Child:
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu), *argv]
         process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -252,6 +317,15 @@ class Upstream:
     client_secret: str
     scopes: str
     direct_headers: dict[str, str]  # what a direct caller must send (the gateway adds its own)
+    pid: int
+
+
+@dataclass(frozen=True)
+class Server:
+    """A process under test and the port it serves on."""
+
+    child: Child
+    port: int
 
 
 def start_nginx(children: Children, tmp: Path) -> Upstream:
@@ -264,7 +338,41 @@ def start_nginx(children: Children, tmp: Path) -> Upstream:
     argv = ["nginx", "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)]
     child = children.start("nginx", [*argv, "-g", "daemon off;"])
     wait_for(child, port, PRACTICE_PATH)
-    return Upstream("nginx", port, "bench-client", "bench-secret", "practice.get", {})
+    return Upstream(
+        "nginx", port, "bench-client", "bench-secret", "practice.get", {}, child.process.pid
+    )
+
+
+def start_nginx_proxy(children: Children, tmp: Path, upstream: int, cpu: int | None) -> Server:
+    port = free_port()
+    conf = tmp / "nginx-proxy.conf"
+    conf.write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=port, upstream=upstream))
+    argv = ["nginx", "-p", str(tmp), "-e", str(tmp / "error-proxy.log"), "-c", str(conf)]
+    child = children.start("nginx_proxy", [*argv, "-g", "daemon off;"], cpu=cpu)
+    wait_for(child, port, PRACTICE_PATH)
+    return Server(child, port)
+
+
+def start_hello(children: Children, tmp: Path, cpu: int | None) -> Server:
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).resolve()), "--hello", str(port)]
+    child = children.start("hello", argv, cwd=tmp, env=clean_env(), cpu=cpu)
+    wait_for(child, port, PRACTICE_PATH)
+    return Server(child, port)
+
+
+def serve_hello(port: int) -> None:
+    """A bare aiohttp hello server: web.Application, one route, the same JSON body."""
+    from aiohttp import web  # noqa: PLC0415 - only this child process needs the server side
+
+    body = json.dumps(PRACTICE_DETAILS, separators=(",", ":")).encode()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 def start_sandbox(children: Children, tmp: Path) -> Upstream:
@@ -291,6 +399,7 @@ def start_sandbox(children: Children, tmp: Path) -> Upstream:
         SANDBOX_CLIENT_SECRET,
         "practice.get",
         {"Authorization": f"Bearer {token}"},
+        child.process.pid,
     )
 
 
@@ -313,11 +422,17 @@ class Gateway:
 
 
 def start_gateway(
-    children: Children, tmp: Path, upstream: Upstream, log_level: str, connections: int
+    children: Children,
+    tmp: Path,
+    upstream: Upstream,
+    *,
+    log_level: str,
+    connections: int,
+    cpu: int | None,
+    source: str | None,
+    extra: Sequence[str] = (),
 ) -> Gateway:
-    # At log level warning there is no 'listening' line to read the ports from (and at info
-    # every request writes an access-log line, which is not what we want to measure), so the
-    # ports are chosen here and readiness is read from /readyz, which also proves a token.
+    # The ports are chosen here and readiness is read from /readyz, which also proves a token.
     port, admin_port = free_port(), free_port()
     api = f"http://127.0.0.1:{upstream.port}"
     env = clean_env(
@@ -338,11 +453,43 @@ def start_gateway(
         # a small on-premises server) would turn the benchmark into a practice_busy test.
         practice_concurrency=str(max(10, connections)),
     )
+    for setting in extra:
+        name, _, value = setting.partition("=")
+        env[f"EXACT_GATEWAY_{name.upper()}"] = value
+    if source is not None:
+        env["PYTHONPATH"] = source  # another checkout's gateway (a before/after comparison)
     # cwd=tmp: a stray .env file in the caller's directory must not configure the gateway.
     argv = [sys.executable, "-m", "gateway", "serve"]
-    child = children.start("gateway", argv, cwd=tmp, env=env)
+    child = children.start("gateway", argv, cwd=tmp, env=env, cpu=cpu)
     wait_for(child, admin_port, "/readyz")
     return Gateway(child, port, admin_port)
+
+
+def family(pid: int) -> list[int]:
+    """A process and all its descendants (nginx's workers), from /proc."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += family(int(child))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and its descendants, in seconds (/proc/<pid>/stat)."""
+    ticks = 0
+    for member in family(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces): utime and stime are 14, 15.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mib(pid: int) -> tuple[float, float]:
@@ -366,6 +513,7 @@ class Load:
     p99_ms: float
     non_2xx: int
     errors: int
+    cpu_us: float = 0.0  # CPU of the process under test per request
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -399,14 +547,20 @@ def parse_wrk(text: str) -> Load:
     )
 
 
-def run_wrk(url: str, duration: int, connections: int, headers: dict[str, str]) -> Load:
+def run_wrk(
+    url: str, duration: int, connections: int, headers: dict[str, str], script: Path | None
+) -> Load:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", f"--timeout={REQUEST_TIMEOUT_S}s"]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
+    if script is not None:
+        argv += ["-s", str(script)]
     return parse_wrk(run_bounded([*argv, "--latency", url], timeout=duration + 30))
 
 
-def run_builtin(url: str, duration: int, connections: int, headers: dict[str, str]) -> Load:
+def run_builtin(
+    url: str, duration: int, connections: int, headers: dict[str, str], script: Path | None
+) -> Load:
     argv = [sys.executable, str(Path(__file__).resolve()), "--loadgen", url]
     argv += ["--duration", str(duration), "--connections", str(connections)]
     for name, value in headers.items():
@@ -471,22 +625,53 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per target")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per target")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best kept)")
+    parser.add_argument(
+        "--connections", default="32,1", help="concurrent connections, comma-separated"
+    )
     parser.add_argument("--upstream", choices=["auto", "nginx", "sandbox"], default="auto")
     parser.add_argument("--tool", choices=["auto", "wrk", "builtin"], default="auto")
     parser.add_argument("--path", default=PRACTICE_PATH, help="request path (GET)")
+    parser.add_argument("--log-level", default="info", help="the gateway's log level")
     parser.add_argument(
-        "--log-level", default="warning", help="gateway log level (info adds access logs)"
+        "--targets",
+        default="direct,nginx_proxy,hello,gateway,fastfail",
+        help="which targets to measure, comma-separated",
     )
-    # The built-in load generator is this same file in a child process (hidden from --help).
+    parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs with taskset")
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a gateway setting for this run, e.g. EVENT_LOOP=asyncio (repeatable)",
+    )
+    parser.add_argument(
+        "--gateway-source",
+        metavar="DIR",
+        help="run the gateway from this source tree (PYTHONPATH), e.g. an older commit",
+    )
+    # The built-in load generator and the hello server are this same file in a child process.
     parser.add_argument("--loadgen", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--header", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--hello", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.warmup < 0 or args.connections < 1:
-        parser.error("need --duration >= 1, --warmup >= 0 and --connections >= 1")
+    try:
+        args.connections = [int(n) for n in str(args.connections).split(",")]
+    except ValueError:
+        parser.error("--connections takes whole numbers, comma-separated")
+    args.targets = [t for t in args.targets.split(",") if t]
+    unknown = set(args.targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.duration < 1 or args.warmup < 0 or args.rounds < 1 or min(args.connections) < 1:
+        parser.error("need --duration >= 1, --warmup >= 0, --rounds >= 1, --connections >= 1")
     if not args.path.startswith("/"):
         parser.error("--path must start with /")
     return args
+
+
+TARGETS = ("direct", "nginx_proxy", "hello", "gateway", "fastfail")
 
 
 def choose(requested: str, binary: str, fallback: str) -> str:
@@ -505,85 +690,199 @@ def preflight(name: str, port: int, path: str, headers: dict[str, str]) -> int:
     return len(body)
 
 
-def ratio(gateway: float, direct: float) -> str:
-    return f"{gateway / direct:.3f}x" if direct > 0 else "n/a"
+def ratio(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.3f}" if denominator > 0 else "n/a"
 
 
-def report(results: dict[str, Load]) -> None:
+def report(connections: int, results: dict[str, Load]) -> None:
+    print(f"-- {connections} connection(s), best round of each --")
     print(
-        f"{'target':<8} {'requests':>9} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9}"
-        f" {'non-2xx':>8} {'errors':>7}"
+        f"{'target':<12} {'requests':>9} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9}"
+        f" {'cpu us/req':>11} {'non-2xx':>10} {'errors':>7}"
     )
     for name, r in results.items():
         print(
-            f"{name:<8} {r.requests:>9} {r.rps:>11.1f} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f}"
-            f" {r.non_2xx:>8} {r.errors:>7}"
+            f"{name:<12} {r.requests:>9} {r.rps:>11.1f} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f}"
+            f" {r.cpu_us:>11.1f} {r.non_2xx:>10} {r.errors:>7}"
         )
-    direct, gateway = results["direct"], results["gateway"]
     print()
-    print(
-        f"ratio gateway/direct: throughput {ratio(gateway.rps, direct.rps)},"
-        f" p50 {ratio(gateway.p50_ms, direct.p50_ms)}, p99 {ratio(gateway.p99_ms, direct.p99_ms)}"
-    )
-    print(
-        f"added by the gateway: p50 {gateway.p50_ms - direct.p50_ms:+.3f} ms,"
-        f" p99 {gateway.p99_ms - direct.p99_ms:+.3f} ms"
-    )
+    for base in ("hello", "direct"):
+        if base not in results:
+            continue
+        b = results[base]
+        for name, r in results.items():
+            if name != base:
+                print(
+                    f"ratio {name}/{base}: throughput {ratio(r.rps, b.rps)},"
+                    f" p50 {ratio(r.p50_ms, b.p50_ms)}, p99 {ratio(r.p99_ms, b.p99_ms)},"
+                    f" cpu {ratio(r.cpu_us, b.cpu_us)}"
+                )
+    if "direct" in results:
+        direct = results["direct"]
+        for name in ("nginx_proxy", "gateway"):
+            if name in results:
+                r = results[name]
+                print(
+                    f"added by {name}: p50 {r.p50_ms - direct.p50_ms:+.3f} ms,"
+                    f" p99 {r.p99_ms - direct.p99_ms:+.3f} ms"
+                )
+    for name in ("gateway", "fastfail"):
+        if name in results:
+            print(f"{name} p99/p50: {ratio(results[name].p99_ms, results[name].p50_ms)}")
+    print(flush=True)
+
+
+def pinning(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """(CPU of the process under test, CPU of everything else), or (None, None)."""
+    usable = sorted(os.sched_getaffinity(0))
+    if args.no_pin or len(usable) < 2 or shutil.which("taskset") is None:
+        return None, None
+    return usable[-1], usable[0]
+
+
+def open_breaker(port: int) -> None:
+    """Ask for the offline practice until the gateway refuses it with circuit_open."""
+    for _ in range(30):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("GET", OFFLINE_PATH)
+            response = conn.getresponse()
+            response.read()
+            if response.getheader("X-Gateway-Error") == "circuit_open":
+                return
+        finally:
+            conn.close()
+    raise BenchmarkError("the offline practice's breaker did not open")
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    pid: int
+    headers: dict[str, str]
+    path: str
+    expected: int  # the status every answer must have
+
+
+def start_targets(
+    args: argparse.Namespace, children: Children, tmp: Path, upstream: Upstream, cpu: int | None
+) -> tuple[list[Target], Gateway | None]:
+    """Start every process under test (pinned to ``cpu``) and say where each target is."""
+    proxy_cpu = cpu
+    targets: list[Target] = []
+    for name in args.targets:
+        if name == "direct":
+            targets.append(
+                Target(name, upstream.port, upstream.pid, upstream.direct_headers, args.path, 200)
+            )
+        elif name == "nginx_proxy" and upstream.kind == "nginx":
+            server = start_nginx_proxy(children, tmp, upstream.port, proxy_cpu)
+            targets.append(Target(name, server.port, server.child.process.pid, {}, args.path, 200))
+        elif name == "hello":
+            server = start_hello(children, tmp, proxy_cpu)
+            targets.append(Target(name, server.port, server.child.process.pid, {}, args.path, 200))
+    gateway = None
+    if {"gateway", "fastfail"} & set(args.targets):
+        gateway = start_gateway(
+            children,
+            tmp,
+            upstream,
+            log_level=args.log_level,
+            connections=max(args.connections),
+            cpu=proxy_cpu,
+            source=args.gateway_source,
+            extra=args.gateway_env,
+        )
+        pid = gateway.child.process.pid
+        if "gateway" in args.targets:
+            targets.append(Target("gateway", gateway.port, pid, {}, args.path, 200))
+        if "fastfail" in args.targets:
+            open_breaker(gateway.port)
+            targets.append(Target("fastfail", gateway.port, pid, {}, OFFLINE_PATH, 503))
+    return targets, gateway
 
 
 def benchmark(args: argparse.Namespace, children: Children, tmp: Path) -> int:
     kind = choose(args.upstream, "nginx", "sandbox")
     tool = choose(args.tool, "wrk", "builtin")
     drive = run_wrk if tool == "wrk" else run_builtin
+    proxy_cpu, other_cpu = pinning(args)
+    if other_cpu is not None:
+        os.sched_setaffinity(0, {other_cpu})  # this script and what it starts unpinned
     upstream = start_nginx(children, tmp) if kind == "nginx" else start_sandbox(children, tmp)
-    gateway = start_gateway(children, tmp, upstream, args.log_level, args.connections)
+    targets, gateway = start_targets(args, children, tmp, upstream, proxy_cpu)
+    for target in targets:
+        status, _ = http_call(target.port, "GET", target.path, target.headers)
+        if status != target.expected:
+            raise BenchmarkError(f"{target.name} answered {status} for GET {target.path}")
+    # wrk spreads the practice-details load over PRACTICE_IDS practices (built-in: one path).
+    script = None
+    if tool == "wrk" and args.path == PRACTICE_PATH:
+        script = tmp / "practices.lua"
+        prefix, suffix = "/v1/Practices/UKBENCH", "/details"
+        script.write_text(WRK_SCRIPT.format(n=PRACTICE_IDS, prefix=prefix, suffix=suffix))
 
-    targets = {
-        "direct": (upstream.port, upstream.direct_headers),
-        "gateway": (gateway.port, {}),
-    }
-    sizes = {name: preflight(name, port, args.path, h) for name, (port, h) in targets.items()}
-    # Equal sizes show that both targets answer the same thing; say so when they do not.
-    via = "" if sizes["gateway"] == sizes["direct"] else f", {sizes['gateway']} via the gateway"
     cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0))
     load1, load5, _ = os.getloadavg()
     print(f"exact-gateway benchmark: GET {args.path}")
-    print(f"machine: {cores} cores ({usable} usable), load average {load1:.2f} {load5:.2f}")
-    print(
-        f"upstream: {kind} on 127.0.0.1:{upstream.port} ({sizes['direct']}-byte body{via});"
-        f" gateway on 127.0.0.1:{gateway.port} (log level {args.log_level})"
+    print(f"machine: {cores} cores, load average {load1:.2f} {load5:.2f}")
+    pinned = (
+        f"process under test alone on CPU {proxy_cpu}, load tool and upstream on CPU {other_cpu}"
+        if proxy_cpu is not None
+        else "not pinned"
     )
+    print(f"pinning: {pinned}")
+    print(f"upstream: {kind} on 127.0.0.1:{upstream.port}; gateway log level {args.log_level}")
     print(
-        f"tool: {tool}, {args.connections} connections, {args.duration} s per target"
+        f"tool: {tool}, {args.rounds} interleaved round(s) of {args.duration} s per target"
         f" after {args.warmup} s warm-up"
         + (" (wrk -t1 --latency)" if tool == "wrk" else " (aiohttp, separate process)")
+        + (f", {PRACTICE_IDS} practice ids" if script is not None else "")
     )
     print(flush=True)
 
-    results: dict[str, Load] = {}
-    warmup_failures = 0
-    for name, (port, headers) in targets.items():
-        url = f"http://127.0.0.1:{port}{args.path}"
-        if args.warmup:
-            warm = drive(url, args.warmup, args.connections, headers)
-            warmup_failures += warm.non_2xx + warm.errors
-        results[name] = drive(url, args.duration, args.connections, headers)
-        if (gone := gateway.child.exited()) is not None:
-            raise BenchmarkError(gone)
-    report(results)
+    failures = 0
+    for connections in args.connections:
+        best: dict[str, Load] = {}
+        for _ in range(args.rounds):
+            for target in targets:
+                uses = script if target.name != "fastfail" else None
+                url = f"http://127.0.0.1:{target.port}{target.path}"
+                if args.warmup:
+                    warm = drive(url, args.warmup, connections, target.headers, uses)
+                    failures += unexpected(warm, target) + warm.errors
+                before = cpu_seconds(target.pid)
+                load = drive(url, args.duration, connections, target.headers, uses)
+                used = cpu_seconds(target.pid) - before
+                load = Load(
+                    **{**load.__dict__, "cpu_us": used * 1e6 / max(1, load.requests)},
+                )
+                failures += unexpected(load, target) + load.errors
+                if target.name not in best or load.rps > best[target.name].rps:
+                    best[target.name] = load
+                if gateway is not None and (gone := gateway.child.exited()) is not None:
+                    raise BenchmarkError(gone)
+        report(connections, best)
 
-    rss, peak = memory_mib(gateway.child.process.pid)
-    print(f"gateway RSS at end: {rss:.1f} MiB (peak {peak:.1f} MiB)")
-    failures = warmup_failures + sum(r.non_2xx + r.errors for r in results.values())
+    if gateway is not None:
+        rss, peak = memory_mib(gateway.child.process.pid)
+        print(f"gateway RSS at end: {rss:.1f} MiB (peak {peak:.1f} MiB)")
     if failures:
         print(
-            f"FAILED: {failures} requests failed or answered non-2xx (warm-up included);"
+            f"FAILED: {failures} requests failed or answered unexpectedly (warm-up included);"
             " these figures measure errors, not the proxy",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def unexpected(load: Load, target: Target) -> int:
+    """Answers with the wrong status: non-2xx where 200 is expected, 2xx for the fast-fail."""
+    if target.expected == 200:
+        return load.non_2xx
+    return load.requests - load.non_2xx
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -592,9 +891,12 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.hello is not None:
+        serve_hello(args.hello)
+        return 0
     if args.loadgen:
         headers = dict(h.split(": ", 1) for h in args.header)
-        load = asyncio.run(generate_load(args.loadgen, args.duration, args.connections, headers))
+        load = asyncio.run(generate_load(args.loadgen, args.duration, args.connections[0], headers))
         print(json.dumps(load.__dict__))
         return 0
 

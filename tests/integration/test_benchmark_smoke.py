@@ -17,10 +17,14 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_proxy.py"
 ROW = re.compile(
-    r"^(direct|gateway)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)$", re.MULTILINE
+    r"^(direct|nginx_proxy|hello|gateway|fastfail)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
+    r"\s+([\d.]+)\s+(\d+)\s+(\d+)$",
+    re.MULTILINE,
 )
 RATIO = re.compile(
-    r"^ratio gateway/direct: throughput ([\d.]+)x, p50 ([\d.]+)x, p99 ([\d.]+)x$", re.MULTILINE
+    r"^ratio (\w+)/(hello|direct): throughput ([\d.]+), p50 ([\d.]+), p99 ([\d.]+),"
+    r" cpu ([\d.]+)$",
+    re.MULTILINE,
 )
 
 
@@ -43,11 +47,13 @@ def run_script(*args: str, timeout: float) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_benchmark_runs_and_prints_figures_and_ratios() -> None:
-    """A 1 s run exits 0 and prints positive throughput, latencies and gateway/direct ratios."""
+    """A 1 s run exits 0 and prints positive throughput, latencies, CPU per request and the
+    ratios to hello and direct for every target."""
     code, out = run_script(
         "--duration=1",
         "--warmup=1",
         "--connections=4",
+        "--rounds=1",
         "--upstream=sandbox",
         "--tool=builtin",
         timeout=45,
@@ -55,15 +61,20 @@ def test_benchmark_runs_and_prints_figures_and_ratios() -> None:
 
     assert code == 0, out
     rows = {match[0]: match[1:] for match in ROW.findall(out)}
-    assert set(rows) == {"direct", "gateway"}, out
-    for requests, rps, p50, p99, non_2xx, errors in rows.values():
+    # No nginx here (sandbox upstream): the nginx proxy target is left out.
+    assert set(rows) == {"direct", "hello", "gateway", "fastfail"}, out
+    for name, (requests, rps, p50, p99, cpu_us, non_2xx, errors) in rows.items():
         assert int(requests) > 0
         assert float(rps) > 0
         assert 0 < float(p50) <= float(p99)
-        assert (int(non_2xx), int(errors)) == (0, 0)
-    ratios = RATIO.search(out)
-    assert ratios is not None, out
-    assert all(float(value) > 0 for value in ratios.groups())
+        assert float(cpu_us) > 0
+        assert int(errors) == 0
+        # The fast-fail answers 503 circuit_open, every time; the rest answer 200.
+        assert int(non_2xx) == (int(requests) if name == "fastfail" else 0)
+    ratios = {(m[0], m[1]): m[2:] for m in RATIO.findall(out)}
+    assert ("gateway", "hello") in ratios, out
+    assert ("fastfail", "direct") in ratios, out
+    assert all(float(value) > 0 for values in ratios.values() for value in values)
     assert "machine: " in out
     assert "tool: builtin" in out
     assert re.search(r"gateway RSS at end: [\d.]+ MiB", out), out

@@ -21,6 +21,7 @@ CORE = (
     "gateway.credentials",
     "gateway.idempotency",
     "gateway.errors",
+    "gateway.outcome",  # one attempt's Outcome and the retry/skip reasons
     "gateway.clock",
     "gateway.policies",
     "gateway.ledger",

@@ -20,6 +20,7 @@ from gateway.exact_api import (
     parse_version,
     route_minimum_version,
     route_template,
+    routes_for_path,
 )
 
 APPOINTMENT = "/v1/Practices/UKTEST1/Appointments/66c12476-83ff-4329-886c-15ab6fc83bea"
@@ -160,3 +161,16 @@ def test_the_facts_module_depends_on_nothing_of_ours() -> None:
         n.module for n in nodes if isinstance(n, ast.ImportFrom)
     }
     assert imported <= {"__future__", "re", "dataclasses"}
+
+
+def test_route_template_agrees_with_the_route_table_for_every_template() -> None:
+    """The single alternation finds the same (first) route as matching route by route."""
+    paths = [
+        t.replace("{practiceId}", "UKTEST1").replace("{id}", "x-1") + suffix
+        for t in (r.template for r in ROUTES)
+        for suffix in ("", "/", "/more")
+    ]
+    paths += ["/", "/v1", "/v1/Practices/UKTEST1", "/V1/SUBSCRIPTIONS/ACTIVE"]
+    for path in paths:
+        found = routes_for_path(path)
+        assert route_template(path) == (found[0].template if found else None), path

@@ -3,13 +3,16 @@ the leak audit itself (the status page's history is tested in test_history.py)."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
 
+from gateway.access_log import ACCESS_LOGGER, AccessLog
 from gateway.logs import configure_logging
 from gateway.settings import LogFormat, LogLevel
 from tests.audit import RunAudit
@@ -102,3 +105,77 @@ def test_leak_audit_finds_a_planted_secret_and_token() -> None:
     )
     audit.log_lines.append('{"url": "/v1/Practices/X/Appointments?from=2024-01-01"}')
     assert len(audit.leaks()) == 5
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (the access log batches a loop turn's lines)."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+ACCESS_FIELDS: dict[str, object] = {
+    "method": "GET",
+    "route": "/v1/Practices/{practiceId}/details",
+    "status": 200,
+    "duration_ms": 1.25,
+    "attempts": 1,
+    "practice_id": 'UK"1\\\u2028',  # quotes, a backslash and a line separator are escaped
+    "request_id": "0f3c9a",
+    "error": None,
+}
+
+
+async def test_the_direct_access_line_is_the_line_logging_would_write() -> None:
+    """In production (one JSON handler) the access log bypasses logging; its line has the
+    same keys, in the same order, with the same values as JsonFormatter's for that record."""
+    stream = CountingStream()
+    configure_logging(LogLevel.INFO, LogFormat.JSON, stream)
+    access = AccessLog()
+    assert access.direct
+    access.request(**ACCESS_FIELDS)  # type: ignore[arg-type]
+    access.request(**(ACCESS_FIELDS | {"status": 503, "error": "circuit_open"}))  # type: ignore[arg-type]
+    assert stream.getvalue() == ""  # written once per loop turn, not per request
+    await asyncio.sleep(0)
+    assert stream.writes == 1
+    direct = [json.loads(line) for line in stream.getvalue().splitlines()]
+    logging.getLogger(ACCESS_LOGGER).info(
+        "request", extra={"fields": {"event": "request", **ACCESS_FIELDS}}
+    )
+    via_logging = json.loads(stream.getvalue().splitlines()[-1])
+    assert len(direct) == 2
+    assert list(direct[0]) == list(via_logging)
+    assert {k: v for k, v in direct[0].items() if k != "ts"} == {
+        k: v for k, v in via_logging.items() if k != "ts"
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", direct[0]["ts"])
+    assert (direct[1]["status"], direct[1]["error"]) == (503, "circuit_open")
+
+
+def test_with_any_other_handler_the_access_line_is_a_log_record() -> None:
+    """A capture handler (the leak audit, pytest's caplog) sees every access line as a
+    record with the fields, because the fast path is only taken with the one JSON handler."""
+    stream = io.StringIO()
+    configure_logging(LogLevel.INFO, LogFormat.JSON, stream)
+    audit = RunAudit()
+    logging.getLogger().addHandler(audit.handler())
+    access = AccessLog()
+    assert not access.direct
+    access.request(**ACCESS_FIELDS)  # type: ignore[arg-type]
+    (line,) = audit.log_lines
+    assert json.loads(line)["route"] == ACCESS_FIELDS["route"]
+    assert json.loads(stream.getvalue())["event"] == "request"
+
+
+def test_text_format_and_warning_level_keep_logging_in_charge() -> None:
+    configure_logging(LogLevel.INFO, LogFormat.TEXT, io.StringIO())
+    assert not AccessLog().direct
+    stream = io.StringIO()
+    configure_logging(LogLevel.WARNING, LogFormat.JSON, stream)
+    access = AccessLog()
+    assert not access.direct
+    access.request(**ACCESS_FIELDS)  # type: ignore[arg-type]
+    assert stream.getvalue() == ""
