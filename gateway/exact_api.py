@@ -207,6 +207,19 @@ def route_template(path: str) -> str | None:
     return ROUTES[found.lastindex - 1].template
 
 
+# (method, template) -> minimum version: the per-request look-up, once the route's template
+# is known (the proxy has it already), without matching the path again.
+_MINIMUM_BY_TEMPLATE: dict[tuple[str, str], Version | None] = {
+    (route.method, route.template): route.minimum_version for route in ROUTES
+}
+
+
+def practice_route_minimum(method: str, template: str) -> Version | None:
+    """:func:`route_minimum_version` for a request under ``/v1/Practices/{id}`` whose route
+    template is already known (``other`` for a path no route matches: the baseline)."""
+    return _MINIMUM_BY_TEMPLATE.get((method, template), API_MINIMUM_VERSION)
+
+
 def route_minimum_version(method: str, path: str) -> Version | None:
     """The oldest EXACT version at the practice that can serve ``method path``.
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from gateway.errors import PracticeVersionTooOld
-from gateway.exact_api import Version, parse_version, route_minimum_version
+from gateway.exact_api import Version, parse_version
 
 # A GetPracticeDetails answer is a few hundred bytes; anything far larger is not parsed.
 DETAILS_MAX_BYTES = 64 * 1024
@@ -65,6 +65,10 @@ class VersionBook:
             policy.max_entries, policy.retry_after_failure, clock
         )
         self._looking: set[str] = set()
+        # Versions learnt in the last quarter of their time to live: a details answer for
+        # such a practice is not parsed again (every GetPracticeDetails call would otherwise
+        # pay a JSON parse), and an upgrade is still seen well within the time to live.
+        self._recent: TTLCache[str, bool] = TTLCache(policy.max_entries, policy.ttl / 4, clock)
 
     def __len__(self) -> int:
         return len(self._known)
@@ -78,18 +82,19 @@ class VersionBook:
         key = practice_id.upper()
         if version is not None:
             self._known[key] = version
+            self._recent[key] = True
             self._failed.pop(key, None)
         return version
+
+    def learnt_recently(self, practice_id: str) -> bool:
+        return practice_id.upper() in self._recent
 
     def forget(self, practice_id: str) -> None:
         self._known.pop(practice_id.upper(), None)
 
-    def check(self, method: str, path: str, practice_id: str) -> PracticeVersionTooOld | None:
-        """The refusal for ``method path`` at this practice, if its known version is too old.
-
-        ``path`` is the request path without its query.
-        """
-        minimum = route_minimum_version(method, path)
+    def check(self, minimum: Version | None, practice_id: str) -> PracticeVersionTooOld | None:
+        """The refusal for a route needing ``minimum`` at this practice, if its known version
+        is too old."""
         version = self.get(practice_id)
         if minimum is None or version is None or version >= minimum:
             return None

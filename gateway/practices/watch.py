@@ -43,7 +43,7 @@ from gateway.errors import (
     PracticePaused,
     UpstreamTimeout,
 )
-from gateway.exact_api import API_MINIMUM_VERSION, route_minimum_version
+from gateway.exact_api import API_MINIMUM_VERSION, practice_route_minimum
 from gateway.http1 import Http1Error, UpstreamResponse
 from gateway.ledger import Answer, Ledger, classify
 from gateway.outcome import OutcomeKind
@@ -221,11 +221,10 @@ class PracticeWatch:
             await self._check_subscribed(practice_id, deadline)
         if not self.policy.version_admission:
             return
-        path = target.path.split("?", 1)[0]
-        refusal = self.versions.check(method, path, practice_id)
+        minimum = practice_route_minimum(method, target.route)
+        refusal = self.versions.check(minimum, practice_id)
         if refusal is not None:
             raise refusal
-        minimum = route_minimum_version(method, path)
         if (
             self.lookups_on
             and minimum is not None
@@ -257,6 +256,8 @@ class PracticeWatch:
         """A tap for an answer streaming to a caller, when it is a GetPracticeDetails 200."""
         if practice_id is None or status != 200 or method != "GET" or route != DETAILS_TEMPLATE:
             return None
+        if self.versions.learnt_recently(practice_id):
+            return None  # known and fresh: no need to parse this answer
         return DetailsTap(self, practice_id)
 
     def learn_version(self, practice_id: str, text: str | None) -> None:

@@ -7,6 +7,12 @@ import json
 
 import pytest
 
+from gateway.exact_api import (
+    API_MINIMUM_VERSION,
+    ROUTES,
+    practice_route_minimum,
+    route_minimum_version,
+)
 from gateway.practices.subscriptions import (
     LIST_MAX_BYTES,
     SubscriptionBook,
@@ -45,21 +51,46 @@ def test_hostile_details_yield_no_version(body: bytes) -> None:
     assert version_from_details(body) is None
 
 
+def test_a_version_learnt_recently_is_not_parsed_again() -> None:
+    """Details answers are parsed for a version only when it was not learnt in the last
+    quarter of its time to live (so each GetPracticeDetails does not pay a JSON parse)."""
+    clock = FakeClock()
+    book = VersionBook(VersionPolicy(ttl=100), clock)
+    assert not book.learnt_recently("UKOLD1")
+    book.learn("UKOLD1", "13.850")
+    assert book.learnt_recently("ukold1")
+    clock.advance(25.1)
+    assert not book.learnt_recently("UKOLD1")
+    assert book.get("UKOLD1") is not None  # still known until its time to live
+
+
+def test_practice_route_minimum_agrees_with_matching_the_path() -> None:
+    """The per-request look-up by (method, template) gives what matching the path gives."""
+    for route in ROUTES:
+        if route.template.startswith("/v1/Practices/"):
+            path = route.template.replace("{practiceId}", "UKP1").replace("{id}", "x")
+            for method in ("GET", "PATCH", "POST", "DELETE"):
+                assert practice_route_minimum(method, route.template) == (
+                    route_minimum_version(method, path)
+                ), (method, path)
+    assert practice_route_minimum("GET", "other") == API_MINIMUM_VERSION
+
+
 def test_version_admission_ttl_and_lookups() -> None:
     """A known old version refuses PATCH (not GET); it expires after the TTL (fail open);
     look-ups are claimed once, and a failed one is not repeated before its pause."""
     clock = FakeClock()
     book = VersionBook(VersionPolicy(ttl=10, retry_after_failure=5), clock)
-    assert book.check("PATCH", PATCH, "UKOLD1") is None  # unknown: pass
+    assert book.check(route_minimum_version("PATCH", PATCH), "UKOLD1") is None  # unknown: pass
     assert book.wants_lookup("ukold1")
     assert not book.wants_lookup("UKOLD1")  # single flight
     book.lookup_done("UKOLD1", version_from_details(json.dumps({"pmsVersion": "13.850"}).encode()))
-    refusal = book.check("PATCH", PATCH, "ukold1")
+    refusal = book.check(route_minimum_version("PATCH", PATCH), "ukold1")
     assert refusal is not None
     assert refusal.problem("r")["minimum_version"] == "13.856"
-    assert book.check("GET", PATCH, "UKOLD1") is None
+    assert book.check(route_minimum_version("GET", PATCH), "UKOLD1") is None
     clock.advance(10.1)
-    assert book.check("PATCH", PATCH, "UKOLD1") is None
+    assert book.check(route_minimum_version("PATCH", PATCH), "UKOLD1") is None
     assert book.wants_lookup("UKOLD1")
     book.lookup_done("UKOLD1", None)
     assert not book.wants_lookup("UKOLD1")
