@@ -72,6 +72,7 @@ class Operation(StrEnum):
     HEARTBEAT = "heartbeat"
     IDEMPOTENCY_CLAIM = "idempotency_claim"
     IDEMPOTENCY_UPDATE = "idempotency_update"
+    FAILURE_COUNT = "failure_count"
 
 
 class LinkState(StrEnum):

@@ -110,6 +110,33 @@ async def test_an_offline_practice_costs_one_replicas_breaker_and_recovery_reach
     assert await attempts(sandbox, "UKFLEET1") - spent <= 3 + 3
 
 
+async def test_round_robin_over_an_offline_practice_costs_about_one_breaker(
+    sandbox: TestServer, redis_server: RedisServer, fleet: Fleet
+) -> None:
+    """Requests to an offline practice spread over three replicas in turn: the fleet counts
+    EXACT's 503s together, so the practice sees at most one breaker's worth of attempts plus
+    the few in flight while the count and the verdict travel, and all three answer
+    circuit_open afterwards (without the shared count it would be up to 3 x 5 + 1)."""
+    await control(sandbox, "PUT", "/practices/UKFLEET3", {"behaviour": "offline"})
+    env = fleet_env(
+        sandbox_url(sandbox), redis_server.url, breaker_open_seconds="60", retry_max_attempts="1"
+    )
+    replicas = await started(fleet, env, 3)
+    path = DETAILS.format("UKFLEET3")
+    answers: list[tuple[int, str | None]] = []
+    while not answers or answers[-1] != (503, "circuit_open"):
+        answers.append(await fleet.get(replicas[len(answers) % 3], path))
+        assert len(answers) <= 3 * CONSECUTIVE + 1, answers
+
+    async def all_open() -> bool:
+        return all([await fleet.breaker(r, "UKFLEET3") is not None for r in replicas])
+
+    await until(all_open)
+    for replica in replicas:
+        assert await fleet.get(replica, path) == (503, "circuit_open")
+    assert await attempts(sandbox, "UKFLEET3") <= CONSECUTIVE + len(replicas) - 1
+
+
 async def burst_until_peak(
     fleet: Fleet, replicas: list[GatewayProcess], sandbox: TestServer, practice_id: str, peak: int
 ) -> int:
