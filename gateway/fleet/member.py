@@ -19,6 +19,8 @@ set, and only through narrow hooks, so the request path does not know the fleet 
   count reaches ``BREAKER_CONSECUTIVE_FAILURES`` the local breaker opens and the usual
   verdict is announced, so round-robin replicas do not each spend a breaker's worth of
   attempts. A success after failures, or a breaker closing here, deletes the count.
+* **Pauses** (Redis): :class:`~gateway.fleet.fleet_pauses.FleetPauses` reads the fleet's
+  pauses into the practice watch's book and writes them for the admin port.
 * **Shares** (Redis): a loop beats the replica's heartbeat and sets the bulkhead's
   per-practice limit to ``PRACTICE_CONCURRENCY // live replicas`` (at least 1), off the
   request path; without Redis (down, or never set) the share is the whole limit.
@@ -42,6 +44,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.clock import Clock
 from gateway.fleet.failure_streaks import FailureStreaks
+from gateway.fleet.fleet_pauses import FleetPauses
 from gateway.fleet.idempotency_records import IdempotencyRecords
 from gateway.fleet.ledger_state import ledger_from_snapshot
 from gateway.fleet.namespace import new_replica_id, redis_prefix
@@ -102,6 +105,7 @@ class FleetMember:
         self.verdicts: Verdicts | None = None
         self.replicas: Replicas | None = None
         self.streaks: FailureStreaks | None = None
+        self.pauses: FleetPauses | None = None
         self.keys: IdempotencyKeys = local_keys
         self._shared_keys: SharedKeys | None = None
         if link is not None:
@@ -117,6 +121,12 @@ class FleetMember:
                 on_threshold=self._streak_reached,
             )
             resilience.watch_streaks(self._streak)
+            self.pauses = FleetPauses(
+                link,
+                prefix=prefix,
+                apply=practices.apply_fleet_pauses,
+                interval=practices.policy.pauses_poll,
+            )
             self.replicas = Replicas(
                 link, prefix=prefix, replica_id=self.replica_id, heartbeat=heartbeat
             )
@@ -191,6 +201,9 @@ class FleetMember:
             stack.push_async_callback(self._shared_keys.close)
         if self.streaks is not None:
             stack.push_async_callback(self.streaks.close)
+        if self.pauses is not None:
+            self.pauses.start()
+            stack.push_async_callback(self.pauses.close)
         if self.replicas is not None:
             sharing = asyncio.create_task(self._share_loop(), name="fleet-shares")
             stack.push_async_callback(self._leave, sharing)

@@ -73,6 +73,7 @@ class Operation(StrEnum):
     IDEMPOTENCY_CLAIM = "idempotency_claim"
     IDEMPOTENCY_UPDATE = "idempotency_update"
     FAILURE_COUNT = "failure_count"
+    PAUSES = "pauses"
 
 
 class LinkState(StrEnum):
