@@ -22,6 +22,7 @@ from gateway.admin_access import AdminAccess
 from gateway.exact_api import PRACTICE_ID
 from gateway.history import History
 from gateway.metrics import Metrics
+from gateway.pauses import MAX_ENTRY_BYTES, PauseEntry, PauseFileError
 from gateway.practices.watch import PracticeWatch
 from gateway.resilience import Resilience
 from gateway.status_page import CONTENT_SECURITY_POLICY, PAGE, status_document
@@ -42,6 +43,15 @@ class Lifecycle(Protocol):
     def ready_requires_usable_token(self) -> bool: ...
 
 
+class PauseEditor(Protocol):
+    @property
+    def available(self) -> bool: ...
+
+    async def set(self, practice_id: str, body: bytes) -> PauseEntry | None: ...
+
+    async def remove(self, practice_id: str) -> bool: ...
+
+
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 TOKENS: web.AppKey[TokenSource] = web.AppKey("tokens", TokenSource)
 RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience", Resilience)
@@ -52,6 +62,8 @@ PRACTICES: web.AppKey[PracticeWatch] = web.AppKey("practices", PracticeWatch)
 # The fleet's part of /status (gateway.fleet.member.FleetMember.status), when it is on.
 FleetStatus = Callable[[], dict[str, Any]]
 FLEET: web.AppKey[FleetStatus] = web.AppKey("fleet")
+# The fleet's pauses (gateway.fleet.fleet_pauses.FleetPauses), when Redis is on.
+PAUSE_EDITOR: web.AppKey[PauseEditor] = web.AppKey("pause_editor")
 
 
 @web.middleware
@@ -159,6 +171,82 @@ async def practice(request: web.Request) -> web.Response:
     return web.json_response(entry, headers={"Cache-Control": "no-store"})
 
 
+def _problem(status: int, reason: str, title: str, detail: str) -> web.Response:
+    return web.json_response(
+        {
+            "type": f"urn:exact-gateway:error:{reason}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "reason": reason,
+        },
+        status=status,
+        content_type="application/problem+json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+_FLEET_PAUSES_OFF = (
+    409,
+    "fleet_pauses_off",
+    "Fleet pauses need Redis",
+    "REDIS_URL is not set: pause a practice in PRACTICE_PAUSES_FILE instead",
+)
+_REDIS_UNAVAILABLE = (
+    503,
+    "redis_unavailable",
+    "Redis did not take the change",
+    "the fleet's Redis is down or slow; nothing was changed, try again",
+)
+
+
+async def _editor(request: web.Request) -> PauseEditor | web.Response:
+    editor = request.app.get(PAUSE_EDITOR)
+    if editor is None:
+        return _problem(*_FLEET_PAUSES_OFF)
+    if not editor.available:
+        return _problem(*_REDIS_UNAVAILABLE)
+    return editor
+
+
+async def pause_put(request: web.Request) -> web.Response:
+    """Pause a practice on every replica: ``{"pause_until": RFC 3339, "note": text}``."""
+    editor = await _editor(request)
+    if isinstance(editor, web.Response):
+        return editor
+    if request.content_type != "application/json":
+        return _problem(415, "pause_invalid", "Not a pause", "send the pause as application/json")
+    if request.content_length is not None and request.content_length > MAX_ENTRY_BYTES:
+        return _problem(
+            413, "pause_invalid", "Not a pause", f"a pause is at most {MAX_ENTRY_BYTES} bytes"
+        )
+    body = await request.content.read(MAX_ENTRY_BYTES + 1)
+    try:
+        entry = await editor.set(request.match_info["practice_id"], body)
+    except PauseFileError as exc:
+        return _problem(400, "pause_invalid", "Not a pause", str(exc))
+    if entry is None:
+        return _problem(*_REDIS_UNAVAILABLE)
+    return web.json_response(
+        {"practice_id": entry.practice_id.upper(), "until_unix": entry.until, "note": entry.note},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def pause_delete(request: web.Request) -> web.Response:
+    """Lift the fleet's pause for a practice (a pause in the file stays)."""
+    editor = await _editor(request)
+    if isinstance(editor, web.Response):
+        return editor
+    try:
+        done = await editor.remove(request.match_info["practice_id"])
+    except PauseFileError as exc:
+        return _problem(400, "pause_invalid", "Not a pause", str(exc))
+    if not done:
+        return _problem(*_REDIS_UNAVAILABLE)
+    return web.Response(status=204, headers={"Cache-Control": "no-store"})
+
+
 async def status_page(request: web.Request) -> web.Response:
     """A page for people: it polls /status and needs nothing from outside this port."""
     return web.Response(
@@ -203,6 +291,7 @@ def build_admin_app(
     *,
     practices: PracticeWatch,
     fleet: FleetStatus | None = None,
+    pause_editor: PauseEditor | None = None,
     access: AdminAccess | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[access_guard])
@@ -215,6 +304,8 @@ def build_admin_app(
     app[PRACTICES] = practices
     if fleet is not None:
         app[FLEET] = fleet
+    if pause_editor is not None:
+        app[PAUSE_EDITOR] = pause_editor
     app.router.add_get("/", status_page)
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
@@ -224,4 +315,6 @@ def build_admin_app(
     app.router.add_get("/breakers", breakers)
     app.router.add_get("/practices", practices_list)
     app.router.add_get("/practices/{practice_id}", practice)
+    app.router.add_put("/pauses/{practice_id}", pause_put)
+    app.router.add_delete("/pauses/{practice_id}", pause_delete)
     return app

@@ -237,6 +237,7 @@ class Gateway:
                 state,
                 practices=practices,
                 fleet=fleet.status if fleet is not None else None,
+                pause_editor=fleet.pauses if fleet is not None else None,
                 access=AdminAccess.of(
                     settings.admin_introspection_from, settings.admin_allowed_hosts
                 ),

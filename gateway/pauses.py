@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 1024 * 1024
 NOTE_MAX_CHARS = 200
+MAX_ENTRY_BYTES = 1024  # one pause of the fleet's hash: a note of 200 characters fits
 _ENTRY_KEYS = frozenset({"pause_until", "note"})
 _RFC3339 = re.compile(
     r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ](?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2})"
@@ -66,7 +67,9 @@ class Pause:
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class PauseEntry:
+    """One valid pause as written (by the file or the fleet's Redis hash)."""
+
     practice_id: str
     until: float
     note: str
@@ -145,7 +148,7 @@ def _decode(data: bytes) -> Any:
         raise PauseFileError(f"invalid JSON: {exc}") from None
 
 
-def _entry(practice_id: str, body: Any) -> _Entry:
+def _entry(practice_id: str, body: Any) -> PauseEntry:
     where = f"practice {practice_id}"
     if not isinstance(body, dict):
         raise PauseFileError(f'{where}: expected an object with "pause_until" and "note"')
@@ -161,10 +164,26 @@ def _entry(practice_id: str, body: Any) -> _Entry:
             f"{where}: note must be text of at most {NOTE_MAX_CHARS} characters without"
             " control characters"
         )
-    return _Entry(practice_id, until, note)
+    return PauseEntry(practice_id, until, note)
 
 
-def parse_pauses(data: bytes) -> dict[str, _Entry]:
+def parse_entry(practice_id: str, data: bytes) -> PauseEntry:
+    """One practice's pause as the fleet stores it (``{"pause_until", "note"}``), validated
+    exactly like an entry of the file, or :class:`PauseFileError`."""
+    if PRACTICE_ID.fullmatch(practice_id) is None:
+        raise PauseFileError(f"{_shown(practice_id)} is not a practice id")
+    if len(data) > MAX_ENTRY_BYTES:
+        raise PauseFileError(f"a pause is at most {MAX_ENTRY_BYTES} bytes")
+    return _entry(practice_id, _decode(data))
+
+
+def encode_entry(entry: PauseEntry) -> bytes:
+    """The canonical stored form of a valid pause (its time as UTC RFC 3339)."""
+    until = datetime.fromtimestamp(entry.until, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return json.dumps({"pause_until": until, "note": entry.note}, separators=(",", ":")).encode()
+
+
+def parse_pauses(data: bytes) -> dict[str, PauseEntry]:
     """The pauses in a file's bytes, keyed by upper-case id, or :class:`PauseFileError`."""
     document = _decode(data)
     if not isinstance(document, dict) or set(document) != {"practices"}:
@@ -172,7 +191,7 @@ def parse_pauses(data: bytes) -> dict[str, _Entry]:
     practices = document["practices"]
     if not isinstance(practices, dict):
         raise PauseFileError('"practices" must be an object of practice id to pause')
-    entries: dict[str, _Entry] = {}
+    entries: dict[str, PauseEntry] = {}
     for practice_id, body in practices.items():
         if PRACTICE_ID.fullmatch(practice_id) is None:
             raise PauseFileError(f"{_shown(practice_id)} is not a practice id")
@@ -183,10 +202,13 @@ def parse_pauses(data: bytes) -> dict[str, _Entry]:
 
 
 class PauseBook:
-    """The pauses in force: the last valid file content, and which are active now."""
+    """The pauses in force: the last valid file content merged with the fleet's pauses
+    (the file wins for a practice it names), and which are active now."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+        self._file: dict[str, PauseEntry] = {}
+        self._fleet: dict[str, PauseEntry] = {}
+        self._entries: dict[str, PauseEntry] = {}  # the merge, rebuilt on each change
         self._active: set[str] = set()  # keys whose pause was reported as started
 
     def paused(self, practice_id: str, now_wall: float) -> Pause | None:
@@ -202,26 +224,38 @@ class PauseBook:
         return sorted((p for p in found if p is not None), key=lambda p: p.until)
 
     def reload(self, data: bytes, now_wall: float) -> ReloadResult:
-        """Replace the content with a file's bytes; on error keep the old content."""
+        """Replace the file's content with its bytes; on error keep the old content."""
         try:
             entries = parse_pauses(data)
         except PauseFileError as exc:
             return ReloadResult(error=str(exc), entries=len(self._entries))
-        self._entries = entries
+        self._file = entries
+        self._merge()
         expired = sum(1 for e in entries.values() if e.until <= now_wall)
         started, ended = self._events(now_wall)
         return ReloadResult(None, len(entries), expired, started, ended)
 
     def clear(self, now_wall: float) -> ReloadResult:
-        """No file: no pauses."""
-        self._entries = {}
+        """No file: no pauses from it (the fleet's stay)."""
+        self._file = {}
+        self._merge()
         started, ended = self._events(now_wall)
         return ReloadResult(None, 0, 0, started, ended)
+
+    def set_fleet(self, entries: dict[str, PauseEntry], now_wall: float) -> ReloadResult:
+        """Replace the fleet's pauses (keyed by upper-case id); expired ones are dropped."""
+        self._fleet = {key: e for key, e in entries.items() if e.until > now_wall}
+        self._merge()
+        started, ended = self._events(now_wall)
+        return ReloadResult(None, len(self._fleet), 0, started, ended)
 
     def tick(self, now_wall: float) -> ReloadResult:
         """Report pauses that ran out since the last call (their time passed)."""
         started, ended = self._events(now_wall)
         return ReloadResult(None, len(self._entries), 0, started, ended)
+
+    def _merge(self) -> None:
+        self._entries = self._fleet | self._file
 
     def _events(self, now_wall: float) -> tuple[tuple[Pause, ...], tuple[str, ...]]:
         now_active = {p.practice_id.upper(): p for p in self.active(now_wall)}
@@ -249,7 +283,8 @@ def _read_bounded(path: Path) -> bytes:
         return file.read(MAX_FILE_BYTES + 1)
 
 
-def _log_events(path: Path, result: ReloadResult) -> None:
+def log_events(path: Path | str, result: ReloadResult) -> None:
+    """One line per pause started or ended, and one for a refused file."""
     for pause in result.started:
         log.warning(
             "practice paused",
@@ -311,7 +346,7 @@ async def watch_file(
             last = stamp
         else:
             result = book.tick(wall())
-        _log_events(path, result)
+        log_events(path, result)
         if on_change is not None and (result.started or result.ended or result.error):
             on_change(result)
         await sleep(interval)

@@ -14,6 +14,13 @@ set, and only through narrow hooks, so the request path does not know the fleet 
   "closed". Received verdicts trip the local breaker until T, or close it. What this
   replica applies from elsewhere (a verdict, the snapshot) is never announced again, so
   nothing echoes around the fleet.
+* **Failure streaks** (Redis): EXACT's own 503/504 for a practice on a closed breaker
+  (``watch_streaks``) increments the fleet's count for it in the background; when the
+  count reaches ``BREAKER_CONSECUTIVE_FAILURES`` the local breaker opens and the usual
+  verdict is announced, so round-robin replicas do not each spend a breaker's worth of
+  attempts. A success after failures, or a breaker closing here, deletes the count.
+* **Pauses** (Redis): :class:`~gateway.fleet.fleet_pauses.FleetPauses` reads the fleet's
+  pauses into the practice watch's book and writes them for the admin port.
 * **Shares** (Redis): a loop beats the replica's heartbeat and sets the bulkhead's
   per-practice limit to ``PRACTICE_CONCURRENCY // live replicas`` (at least 1), off the
   request path; without Redis (down, or never set) the share is the whole limit.
@@ -36,6 +43,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.clock import Clock
+from gateway.fleet.failure_streaks import FailureStreaks
+from gateway.fleet.fleet_pauses import FleetPauses
 from gateway.fleet.idempotency_records import IdempotencyRecords
 from gateway.fleet.ledger_state import ledger_from_snapshot
 from gateway.fleet.namespace import new_replica_id, redis_prefix
@@ -95,12 +104,28 @@ class FleetMember:
         self.link = link
         self.verdicts: Verdicts | None = None
         self.replicas: Replicas | None = None
+        self.streaks: FailureStreaks | None = None
+        self.pauses: FleetPauses | None = None
         self.keys: IdempotencyKeys = local_keys
         self._shared_keys: SharedKeys | None = None
         if link is not None:
             prefix = redis_prefix(identity)
             self.verdicts = Verdicts(
                 link, prefix=prefix, replica_id=self.replica_id, on_verdict=self._heard
+            )
+            self.streaks = FailureStreaks(
+                link,
+                prefix=prefix,
+                threshold=resilience.breaker_policy.consecutive,
+                window=resilience.breaker_policy.window,
+                on_threshold=self._streak_reached,
+            )
+            resilience.watch_streaks(self._streak)
+            self.pauses = FleetPauses(
+                link,
+                prefix=prefix,
+                apply=practices.apply_fleet_pauses,
+                interval=practices.policy.pauses_poll,
             )
             self.replicas = Replicas(
                 link, prefix=prefix, replica_id=self.replica_id, heartbeat=heartbeat
@@ -174,6 +199,11 @@ class FleetMember:
             stack.push_async_callback(self.verdicts.close)
         if self._shared_keys is not None:
             stack.push_async_callback(self._shared_keys.close)
+        if self.streaks is not None:
+            stack.push_async_callback(self.streaks.close)
+        if self.pauses is not None:
+            self.pauses.start()
+            stack.push_async_callback(self.pauses.close)
         if self.replicas is not None:
             sharing = asyncio.create_task(self._share_loop(), name="fleet-shares")
             stack.push_async_callback(self._leave, sharing)
@@ -227,10 +257,28 @@ class FleetMember:
             until = self._clock.wall() + (breaker.open_until - self._clock.monotonic())
             self.verdicts.announce_unavailable(breaker.key, until, cause)
 
+    def _streak(self, breaker: Breaker, status: int | None) -> None:
+        assert self.streaks is not None  # noqa: S101 - only watched with Redis
+        if status is None:
+            self.streaks.broken(breaker.key)
+        else:
+            self.streaks.failed(breaker.key, status)
+
+    def _streak_reached(self, practice_id: str, status: int) -> None:
+        """The fleet saw ``BREAKER_CONSECUTIVE_FAILURES`` of EXACT's 503/504 in a row for
+        the practice: open here (unless already open) and announce it like an opening."""
+        breaker = self._resilience.breakers.get(practice_id)
+        if breaker.state is not State.CLOSED:
+            return
+        breaker.trip(self._clock.monotonic())
+        self._opened_on_verdict(breaker, status)
+
     def _transition(self, breaker: Breaker, previous: State, state: State) -> None:
         if state is not State.CLOSED:
             return
         self._causes.pop(breaker.key, None)
+        if self.streaks is not None and not self._applying:
+            self.streaks.broken(breaker.key)  # a fresh start: the old streak is over
         # Half-open to closed is a successful probe; a reset (an EXACT-wide outage forgiven)
         # or a verdict heard from elsewhere says nothing new about the practice.
         if previous is State.HALF_OPEN and self.verdicts is not None and not self._applying:
@@ -286,6 +334,11 @@ class FleetMember:
                 "published": self.verdicts.published,
                 "received": self.verdicts.received,
                 "dropped": self.verdicts.dropped,
+            }
+        if self.streaks is not None:
+            shown["failure_streaks"] = {
+                "counted": self.streaks.counted,
+                "dropped": self.streaks.dropped,
             }
         if self.state_file is not None:
             last = self.state_file.last_saved

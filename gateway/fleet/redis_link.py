@@ -72,6 +72,8 @@ class Operation(StrEnum):
     HEARTBEAT = "heartbeat"
     IDEMPOTENCY_CLAIM = "idempotency_claim"
     IDEMPOTENCY_UPDATE = "idempotency_update"
+    FAILURE_COUNT = "failure_count"
+    PAUSES = "pauses"
 
 
 class LinkState(StrEnum):

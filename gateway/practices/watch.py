@@ -47,7 +47,7 @@ from gateway.exact_api import API_MINIMUM_VERSION, practice_route_minimum
 from gateway.http1 import Http1Error, UpstreamResponse
 from gateway.ledger import Answer, Ledger, classify
 from gateway.outcome import OutcomeKind
-from gateway.pauses import PauseBook, ReloadResult, watch_file
+from gateway.pauses import PauseBook, PauseEntry, ReloadResult, log_events, watch_file
 from gateway.policies import PracticesPolicy
 from gateway.practices.subscriptions import (
     LIST_MAX_BYTES,
@@ -292,6 +292,13 @@ class PracticeWatch:
             self.ledger.pause_started(pause.practice_id, pause.until, pause.note)
         for practice_id in result.ended:
             self.ledger.pause_ended(practice_id)
+
+    def apply_fleet_pauses(self, entries: dict[str, PauseEntry]) -> None:
+        """The fleet's pauses as last read from Redis (merged with the file's by the book)."""
+        result = self.pauses.set_fleet(entries, self._clock.wall())
+        log_events("redis", result)
+        if result.started or result.ended:
+            self._pauses_changed(result)
 
     def paused_now(self) -> list[dict[str, object]]:
         """The pauses in force, for ``/breakers`` and the status page."""

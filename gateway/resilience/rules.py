@@ -94,6 +94,8 @@ PracticeListener = Callable[[str, str], None]
 BreakerListener = Callable[[Breaker, State, State], None]
 # (practice breaker, EXACT's status): the breaker just opened on EXACT's own 503/504
 OpeningListener = Callable[[Breaker, int], None]
+# (practice breaker, EXACT's 503/504 on a closed breaker, or None: a success after failures)
+StreakListener = Callable[[Breaker, int | None], None]
 # Sends a half-open probe of its own for the ticket's practice, and reports it with observe().
 Prober = Callable[["Ticket"], None]
 # Retry-After for callers while the gateway's own probe is out.
@@ -172,6 +174,8 @@ class Resilience:
         self._practice_listeners: list[PracticeListener] = []
         self._breaker_listeners: list[BreakerListener] = []
         self._opening_listeners: list[OpeningListener] = []
+        self._streak_listeners: list[StreakListener] = []
+        self.breaker_policy = policy.breaker
         self._prober: Prober | None = None
         # Metric children resolved once: a retry or a skip costs one increment.
         self._retried = {r: metrics.retries.labels(r.value) for r in RetryReason}
@@ -196,6 +200,13 @@ class Resilience:
         503 or 504 (its relay's verdict, the same for every replica): never for our own
         time-outs, connection errors or a caller's fault."""
         self._opening_listeners.append(listener)
+
+    def watch_streaks(self, listener: StreakListener) -> None:
+        """Call ``listener`` with EXACT's status each time EXACT itself answers 503 or 504
+        for a practice whose breaker is closed, and with ``None`` when a practice answers
+        after failures in a row (the fleet counts EXACT's verdicts across replicas). Never
+        for our own time-outs, connection errors, a caller's fault or a probe."""
+        self._streak_listeners.append(listener)
 
     def probe_with(self, prober: Prober) -> None:
         """Let ``prober`` send each practice breaker's half-open probe (the gateway's own
@@ -356,6 +367,8 @@ class Resilience:
         practice_failed = waited_on_practice or status in _FAILURE_STATUSES
         hint = parse_retry_after(retry_after, self.clock.wall()) if practice_failed else None
         was_open = practice.state is State.OPEN
+        was_closed = practice.state is State.CLOSED
+        streak = practice.consecutive_failures
         practice.record(
             now, _verdict(practice_failed), probe=ticket.practice_probe, retry_after=hint
         )
@@ -368,9 +381,20 @@ class Resilience:
         self._observe_upstream(now, host, ticket.upstream_probe)
         if self._correlated.record(practice.key, now, practice_failed):
             self._correlated_failure(now)
+        if self._streak_listeners and was_closed:
+            self._tell_streak(practice, status, streak > 0 and not practice_failed)
         if status in _FAILURE_STATUSES and not was_open and practice.state is State.OPEN:
             for opened in self._opening_listeners:  # EXACT's own verdict (error is None here)
                 opened(practice, status)
+
+    def _tell_streak(self, practice: Breaker, status: int | None, recovered: bool) -> None:
+        """EXACT's own 503/504 (``error`` was None), or the first success after failures."""
+        if status in _FAILURE_STATUSES:
+            for listener in self._streak_listeners:
+                listener(practice, status)
+        elif recovered:
+            for listener in self._streak_listeners:
+                listener(practice, None)
 
     def _observe_upstream(self, now: float, observation: Observation, probe: bool) -> None:
         was_open = self.upstream.state is State.OPEN

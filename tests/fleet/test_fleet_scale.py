@@ -110,6 +110,81 @@ async def test_an_offline_practice_costs_one_replicas_breaker_and_recovery_reach
     assert await attempts(sandbox, "UKFLEET1") - spent <= 3 + 3
 
 
+async def test_round_robin_over_an_offline_practice_costs_about_one_breaker(
+    sandbox: TestServer, redis_server: RedisServer, fleet: Fleet
+) -> None:
+    """Requests to an offline practice spread over three replicas in turn: the fleet counts
+    EXACT's 503s together, so the practice sees at most one breaker's worth of attempts plus
+    the few in flight while the count and the verdict travel, and all three answer
+    circuit_open afterwards (without the shared count it would be up to 3 x 5 + 1)."""
+    await control(sandbox, "PUT", "/practices/UKFLEET3", {"behaviour": "offline"})
+    env = fleet_env(
+        sandbox_url(sandbox), redis_server.url, breaker_open_seconds="60", retry_max_attempts="1"
+    )
+    replicas = await started(fleet, env, 3)
+    path = DETAILS.format("UKFLEET3")
+    answers: list[tuple[int, str | None]] = []
+    while not answers or answers[-1] != (503, "circuit_open"):
+        answers.append(await fleet.get(replicas[len(answers) % 3], path))
+        assert len(answers) <= 3 * CONSECUTIVE + 1, answers
+
+    async def all_open() -> bool:
+        return all([await fleet.breaker(r, "UKFLEET3") is not None for r in replicas])
+
+    await until(all_open)
+    for replica in replicas:
+        assert await fleet.get(replica, path) == (503, "circuit_open")
+    assert await attempts(sandbox, "UKFLEET3") <= CONSECUTIVE + len(replicas) - 1
+
+
+async def test_a_pause_set_through_one_replica_applies_on_all_and_lifts_on_all(
+    sandbox: TestServer, redis_server: RedisServer, fleet: Fleet
+) -> None:
+    """PUT /pauses/{id} on one replica's admin port: all three answer 503 practice_paused
+    (without an attempt at the practice); DELETE through another: all three serve it again.
+    A body that is not a valid pause is refused with what is wrong; a gateway without Redis
+    refuses to set one and says why."""
+    env = fleet_env(sandbox_url(sandbox), redis_server.url)
+    replicas = await started(fleet, env, 3)
+    path = DETAILS.format("UKTEST1")
+    for replica in replicas:
+        assert await fleet.get(replica, path) == (200, None)
+    spent = await attempts(sandbox, "UKTEST1")
+
+    async def admin_write(
+        replica: GatewayProcess, method: str, practice_id: str, body: object = None
+    ) -> tuple[int, dict[str, object]]:
+        url = f"http://127.0.0.1:{replica.admin_port}/pauses/{practice_id}"
+        async with fleet.client.request(method, url, json=body) as response:
+            text = await response.text()
+            shown = await response.json(content_type=None) if text else {}
+            return response.status, shown
+
+    wrong, problem = await admin_write(replicas[0], "PUT", "UKTEST1", {"pause_until": "soon"})
+    assert (wrong, problem["reason"]) == (400, "pause_invalid")
+    assert "RFC 3339" in str(problem["detail"])
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    status, shown = await admin_write(
+        replicas[0], "PUT", "uktest1", {"pause_until": later, "note": "server move"}
+    )
+    assert (status, shown["practice_id"], shown["note"]) == (200, "UKTEST1", "server move")
+
+    async def answers_all(expected: tuple[int, str | None]) -> bool:
+        return all([await fleet.get(r, path) == expected for r in replicas])
+
+    await until(lambda: answers_all((503, "practice_paused")))
+    assert await attempts(sandbox, "UKTEST1") == spent
+    paused = (await fleet.admin(replicas[2], "/breakers"))["paused"]
+    assert [(p["practice_id"], p["note"]) for p in paused] == [("UKTEST1", "server move")]
+
+    assert (await admin_write(replicas[1], "DELETE", "UKTEST1"))[0] == 204
+    await until(lambda: answers_all((200, None)))
+
+    [alone] = await fleet.spawn(fleet_env(sandbox_url(sandbox), None))
+    off, problem = await admin_write(alone, "PUT", "UKTEST1", {"pause_until": later})
+    assert (off, problem["reason"]) == (409, "fleet_pauses_off")
+
+
 async def burst_until_peak(
     fleet: Fleet, replicas: list[GatewayProcess], sandbox: TestServer, practice_id: str, peak: int
 ) -> int:

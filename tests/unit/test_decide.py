@@ -343,3 +343,42 @@ def test_retries_and_skips_are_counted_with_their_enum_labels() -> None:
         "exact_gateway_retries_skipped_total", {"reason": "not_idempotent"}
     )
     assert skipped == 1
+
+
+def test_streak_listeners_hear_exacts_own_503_504_and_the_success_after_them() -> None:
+    """The fleet counts EXACT's verdicts only: a 503/504 on a closed breaker is told, our own
+    time-outs, connection errors, 502s and a caller's stall are not; a success is told only
+    after failures; a probe is never told (the breaker already left closed)."""
+    clock = FakeClock()
+    policy = BreakerPolicy(consecutive=6, min_calls=1000, open_base=1, jitter=0)
+    res = resilience(clock, breaker=policy)
+    heard: list[tuple[str, int | None]] = []
+    res.watch_streaks(lambda breaker, status: heard.append((breaker.key, status)))
+    res.decide(res.admit(PRACTICE), answer(200), Req())
+    assert heard == []  # a success without failures before it costs nothing
+    for outcome in (
+        failure(K.CONNECT_FAILED, sent=False),
+        failure(K.CONNECT_TIMEOUT, sent=False),
+        failure(K.LOST_AFTER_SEND),
+        failure(K.BAD_RESPONSE),
+        answer(502),
+    ):
+        res.decide(res.admit(PRACTICE), outcome, Req())
+    res.decide(res.admit(PRACTICE), failure(K.NO_ANSWER_IN_TIME), Req(caller_stalled=True))
+    assert heard == []
+    res.decide(res.admit(PRACTICE), answer(503), Req())
+    res.decide(res.admit(PRACTICE), answer(504), Req())
+    res.decide(res.admit(PRACTICE), failure(K.NO_ANSWER_IN_TIME), Req())  # ours: not told
+    assert heard == [(PRACTICE, 503), (PRACTICE, 504)]
+    res.decide(res.admit(PRACTICE), answer(200), Req())
+    assert heard[-1] == (PRACTICE, None)
+    heard.clear()
+    for _ in range(6):
+        res.decide(res.admit(PRACTICE), answer(503), Req())
+    assert res.breakers.get(PRACTICE).state is State.OPEN
+    assert len(heard) == 6
+    clock.advance(2)
+    probe = res.admit(PRACTICE)
+    assert probe.practice_probe
+    res.decide(probe, answer(503), Req())
+    assert len(heard) == 6  # the failed probe is the breaker's business, not the count's

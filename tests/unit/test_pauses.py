@@ -19,6 +19,8 @@ from gateway.pauses import (
     PauseBook,
     PauseFileError,
     ReloadResult,
+    encode_entry,
+    parse_entry,
     parse_pauses,
     watch_file,
 )
@@ -307,3 +309,54 @@ async def test_watcher_reads_at_most_one_byte_past_the_limit(tmp_path: Path) -> 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize(
+    ("practice_id", "raw", "message"),
+    [
+        ("UKTEST1", b'{"pause_until": "soon"}', "RFC 3339"),
+        ("UKTEST1", b'{"note": "x"}', "pause_until is required"),
+        ("UKTEST1", b'{"pause_until": "2026-12-01T06:00:00Z", "by": "me"}', "unknown key"),
+        ("UKTEST1", b'{"pause_until": "2026-12-01T06:00:00Z", "note": "a\\u0007"}', "control"),
+        ("UKTEST1", b"[]", "expected an object"),
+        ("UKTEST1", b"", "empty"),
+        (
+            "UKTEST1",
+            b'{"pause_until": "2026-12-01T06:00:00Z", "note": "' + b"x" * 2000 + b'"}',
+            "at most 1024 bytes",
+        ),
+        ("../etc", b'{"pause_until": "2026-12-01T06:00:00Z"}', "not a practice id"),
+    ],
+)
+def test_a_fleet_pause_is_validated_like_an_entry_of_the_file(
+    practice_id: str, raw: bytes, message: str
+) -> None:
+    with pytest.raises(PauseFileError, match=message):
+        parse_entry(practice_id, raw)
+
+
+def test_a_fleet_pause_round_trips_through_its_stored_form() -> None:
+    entry = parse_entry("uktest1", b'{"pause_until": "2026-12-01T07:00:00+01:00", "note": "n"}')
+    again = parse_entry("uktest1", encode_entry(entry))
+    assert (again.until, again.note) == (LATER_S, "n")
+
+
+def test_fleet_pauses_merge_with_the_files_and_the_file_wins() -> None:
+    """The file names UKTEST1 (its pause over): the fleet's pause for it does not apply; the
+    fleet's pause for UKTEST2 does; expired fleet pauses are dropped; a file reload or
+    removal leaves the fleet's pauses in force."""
+    book = PauseBook()
+    book.reload(document({"UKTEST1": {"pause_until": "2020-01-01T00:00:00Z"}}), NOW)
+    fleet = {
+        "UKTEST1": parse_entry("UKTEST1", b'{"pause_until": "2026-12-01T06:00:00Z"}'),
+        "UKTEST2": parse_entry("UKTEST2", b'{"pause_until": "2026-12-01T06:00:00Z"}'),
+        "UKTEST3": parse_entry("UKTEST3", b'{"pause_until": "2020-01-01T00:00:00Z"}'),
+    }
+    result = book.set_fleet(fleet, NOW)
+    assert result.entries == 2
+    assert [p.practice_id for p in result.started] == ["UKTEST2"]
+    assert book.paused("UKTEST1", NOW) is None
+    assert book.paused("uktest2", NOW) is not None
+    assert book.clear(NOW).ended == ()
+    assert book.paused("UKTEST1", NOW) is not None  # no file: the fleet's pause applies
+    assert book.set_fleet({}, NOW).ended == ("UKTEST1", "UKTEST2")
