@@ -342,18 +342,12 @@ class Proxy:
         if answer is None:
             # Cut off (shutdown, cancelled) after sending: the outcome is unknown, and
             # unknown must never mean "send it again".
-            problem = UpstreamTimeout(
-                "the first request with this Idempotency-Key ended before EXACT answered;"
-                " it may have been carried out, so it is not sent again"
-            )
-            answer = StoredAnswer(
-                problem.status,
-                "Gateway Timeout",
-                (
-                    ("Content-Type", "application/problem+json"),
-                    ("X-Gateway-Error", problem.reason),
+            answer = _problem_answer(
+                UpstreamTimeout(
+                    "the first request with this Idempotency-Key ended before EXACT answered;"
+                    " it may have been carried out, so it is not sent again"
                 ),
-                json.dumps(problem.problem(exchange.request_id)).encode(),
+                exchange,
             )
         self._idempotency.complete(claim, answer)
 
@@ -388,18 +382,20 @@ class Proxy:
         clock = self._clock
         token = await exchange.trace.token(self._tokens, exchange.deadline - clock.monotonic())
         self._resilience.budget.record_request(clock.monotonic())
-        retained: StoredAnswer | None = None  # the last failed answer, across a retry's wait
+        # This request's own last outcome, kept across a retry's wait: EXACT's failed answer
+        # (None when too large to keep) or the gateway error a failed attempt means.
+        own_last: StoredAnswer | GatewayError | None = None
         while True:
             try:
                 ticket, outcome = await self._attempt(request, target, exchange, token, body)
-            except (CircuitOpen, UpstreamCircuitOpen):
-                if exchange.attempts == 0:
-                    raise  # refused without trying: the breaker is the honest reason
-                # A retry refused by a breaker another request opened meanwhile: this caller
-                # gets the outcome of its own last attempt, not the breaker's.
-                if retained is not None:
-                    return stored_response(retained, exchange.request_id)
-                raise
+            except (CircuitOpen, UpstreamCircuitOpen) as refused:
+                # Refused without trying, the breaker is the honest reason; a retry refused by
+                # a breaker another request opened meanwhile hears its own last outcome.
+                if own_last is None:
+                    raise
+                if isinstance(own_last, GatewayError):
+                    raise own_last from refused
+                return stored_response(own_last, exchange.request_id)
             decision = self._resilience.decide(ticket, outcome, exchange)
             if decision.skipped is not None:
                 self._trace_skip(exchange, ticket, decision.skipped)
@@ -429,7 +425,7 @@ class Proxy:
                 response.close()
                 token = replacement
                 continue
-            retained = await _retain(response) if response is not None else None
+            own_last = outcome.error() if response is None else await _retain(response)
             retry = decision.retry.value if decision.retry is not None else ""
             exchange.trace.event("retry", {"reason": retry, "wait_s": decision.wait})
             await clock.sleep(decision.wait)

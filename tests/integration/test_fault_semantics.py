@@ -391,3 +391,31 @@ async def test_a_retry_refused_by_a_breaker_opened_meanwhile_returns_the_callers
         assert second == (503, None, "practice unreachable")  # its attempt opened it
         assert await first == (503, None, "practice unreachable")
     assert len(upstream.seen) == 2
+
+
+async def test_a_retry_refused_after_a_failed_connection_hears_the_connection_failure(
+    upstream: ScriptedUpstream, start_gateway: GatewayFactory
+) -> None:
+    """Two requests fail to connect to EXACT's host at once; the second failure opens the
+    partner-wide breaker, so the first one's retry is refused. Both tried: both hear
+    upstream_unreachable (what happened to them), never upstream_circuit_open."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gateway = await start_gateway(
+        gateway_settings(
+            f"http://127.0.0.1:{port}",
+            token_url=f"{upstream.url}/connect/token",
+            upstream_breaker_failures=2,
+            **FAST,
+        )
+    )
+    async with aiohttp.ClientSession() as client:
+
+        async def call(practice: str) -> str | None:
+            async with client.get(proxy_url(gateway, f"/v1/Practices/{practice}/details")) as r:
+                return r.headers.get("X-Gateway-Error")
+
+        reasons = await asyncio.gather(call("UKP1"), call("UKP2"))
+    assert reasons == ["upstream_unreachable", "upstream_unreachable"]
+    assert (await breakers(gateway))["upstream"]["state"] == "open"
