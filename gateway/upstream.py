@@ -39,7 +39,7 @@ from gateway.http1 import (
     UpstreamClient,
     UpstreamResponse,
 )
-from gateway.outcome import Outcome, OutcomeKind
+from gateway.outcome import Outcome, OutcomeKind, help_list
 
 API_VERSION_HEADER = "x-api-version"
 DEFAULT_API_VERSION = "1.0"
@@ -219,9 +219,7 @@ class PoolCollector(Collector):
         stats = self._upstream.stats
         closed = CounterMetricFamily(
             "exact_gateway_upstream_connections_closed",
-            "Connections to the EXACT API closed, by cause (stray_bytes, framing,"
-            " connection_close, early_response, unread, abandoned, idle_expired, peer_close,"
-            " error, shutdown).",
+            f"Connections to the EXACT API closed, by cause ({help_list(CloseCause)}).",
             labels=["cause"],
         )
         for cause in CloseCause:
