@@ -244,8 +244,10 @@ class Gateway:
             )
             admin_app.on_response_prepare.append(on_response_prepare)
             admin_runner = AdminRunner(admin_app, policies.admin_caller, shutdown_timeout=1)
-            # Unwound in reverse: the proxy listener (draining in-flight requests) first, then
-            # the admin port, the token task, the clients' sessions, the sockets.
+            # Unwound in reverse of this order: the proxy listener (draining in-flight
+            # requests) first, then the admin port, the practice watch, the fleet (its last
+            # state-file save), the token task, tracing (spans flushed), the clients'
+            # sessions, the sockets.
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)
             proxy_runner = web.ServerRunner(listener, shutdown_timeout=settings.drain_seconds)

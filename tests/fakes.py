@@ -152,6 +152,20 @@ def admin_url(gateway: Gateway, path: str) -> str:
     return f"http://127.0.0.1:{gateway.admin_port}{path}"
 
 
+async def admin_json(gateway: Gateway, path: str) -> Any:
+    """GET a JSON document from the gateway's admin port (``/breakers``, ``/token``...)."""
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin_url(gateway, path)) as resp:
+            return await resp.json()
+
+
+async def is_ready(gateway: Gateway) -> bool:
+    """Whether ``/readyz`` answers 200."""
+    async with aiohttp.ClientSession() as client:
+        async with client.get(admin_url(gateway, "/readyz")) as resp:
+            return resp.status == 200
+
+
 @dataclass
 class GatewayProcess:
     """``python -m gateway`` in a child process; ports are read from its 'listening' log line."""

@@ -17,7 +17,7 @@ from tests.fakes import (
     SandboxFactory,
     SandboxGatewayFactory,
     ScriptedUpstream,
-    admin_url,
+    admin_json,
     control,
     gateway_settings,
     proxy_url,
@@ -47,10 +47,8 @@ async def post(
 
 
 async def breakers(gateway: Gateway) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as client:
-        async with client.get(admin_url(gateway, "/breakers")) as resp:
-            result: dict[str, Any] = await resp.json()
-            return result
+    result: dict[str, Any] = await admin_json(gateway, "/breakers")
+    return result
 
 
 # -- never a duplicate side effect ------------------------------------------------------------

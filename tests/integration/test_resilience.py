@@ -21,7 +21,7 @@ from tests.fakes import (
     SandboxFactory,
     SandboxGatewayFactory,
     ScriptedUpstream,
-    admin_url,
+    admin_json,
     control,
     gateway_settings,
     proxy_url,
@@ -63,10 +63,8 @@ async def probe_due(gateway: Gateway) -> bool:
 
 
 async def breakers(gateway: Gateway) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as client:
-        async with client.get(admin_url(gateway, "/breakers")) as resp:
-            result: dict[str, Any] = await resp.json()
-            return result
+    result: dict[str, Any] = await admin_json(gateway, "/breakers")
+    return result
 
 
 async def test_offline_practice_retries_then_breaker_opens_then_one_probe(

@@ -23,6 +23,7 @@ from tests.fakes import (
     admin_url,
     control,
     gateway_settings,
+    is_ready,
     proxy_url,
     wait_until,
 )
@@ -37,9 +38,7 @@ async def token_requests(sandbox: TestServer) -> int:
 
 
 async def ready(gateway: Gateway) -> bool:
-    async with aiohttp.ClientSession() as client:
-        async with client.get(admin_url(gateway, "/readyz")) as resp:
-            return resp.status == 200
+    return await is_ready(gateway)
 
 
 async def test_cold_start_1000_concurrent_requests_one_token_request(

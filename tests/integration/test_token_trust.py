@@ -19,9 +19,11 @@ from tests.fakes import (
     GatewayFactory,
     SandboxFactory,
     SandboxGatewayFactory,
+    admin_json,
     admin_url,
     control,
     gateway_settings,
+    is_ready,
     proxy_url,
     wait_until,
 )
@@ -84,10 +86,8 @@ async def peers() -> AsyncIterator[Callable[[], Any]]:
 
 
 async def token_status(gateway: Gateway) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as client:
-        async with client.get(admin_url(gateway, "/token")) as resp:
-            result: dict[str, Any] = await resp.json()
-            return result
+    result: dict[str, Any] = await admin_json(gateway, "/token")
+    return result
 
 
 async def failed_with(gateway: Gateway, words: str) -> None:
@@ -286,11 +286,6 @@ async def test_a_failed_fetch_after_a_401_recovers_with_no_traffic(
     assert (status, reason) == (503, "token_unavailable")
     await control(sandbox, "PUT", "/identity", {"mode": "normal"})
 
-    async def ready() -> bool:
-        async with aiohttp.ClientSession() as client:
-            async with client.get(admin_url(gateway, "/readyz")) as resp:
-                return resp.status == 200
-
     cap = FAST_TOKENS.retry_cap
-    await wait_until(ready, cap + 5)
+    await wait_until(lambda: is_ready(gateway), cap + 5)
     assert (await get_status(gateway))[0] == 200
