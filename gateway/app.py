@@ -37,6 +37,7 @@ from gateway.admin_access import AdminAccess
 from gateway.caller import (
     CallerLimits,
     Listener,
+    ProxyListener,
     connection_cap,
     on_response_prepare,
 )
@@ -125,7 +126,7 @@ class Gateway:
         history: History,
         practices: PracticeWatch,
         proxy: Proxy,
-        listener: Listener,
+        listener: ProxyListener,
         fleet: FleetMember | None,
         proxy_port: int,
         admin_port: int,
@@ -222,7 +223,7 @@ class Gateway:
                 tracing=tracing,
             )
             limits = fitted_to_fd_limit(policies.caller, settings.admin_max_connections)
-            listener = Listener(
+            listener = ProxyListener(
                 proxy,
                 limits=limits,
                 on_refusal=proxy.refused,
@@ -250,11 +251,9 @@ class Gateway:
             # sessions, the sockets.
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)
-            proxy_runner = web.ServerRunner(listener, shutdown_timeout=settings.drain_seconds)
-            await proxy_runner.setup()
-            stack.push_async_callback(proxy_runner.cleanup)
             await web.SockSite(admin_runner, admin_sock).start()
-            await web.SockSite(proxy_runner, proxy_sock).start()
+            await listener.start(proxy_sock)
+            stack.push_async_callback(listener.close, settings.drain_seconds)
             gateway = cls(
                 settings,
                 state=state,

@@ -20,23 +20,20 @@ EXACT, errors included, pass through untouched.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
-from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
 from gateway.access_log import AccessLog
-from gateway.caller import cut_off, expect_continue
+from gateway.caller import Answer, AnswerStream, IncomingRequest, RequestBody, problem_answer
 from gateway.errors import (
     BadRequest,
     CallerGone,
     CircuitOpen,
     DeadlineExceeded,
     GatewayError,
-    RequestTimeout,
     UpstreamCircuitOpen,
     UpstreamTimeout,
 )
@@ -90,29 +87,20 @@ def deadline_for(header: str | None, default: float) -> float:
     return min(asked, default)
 
 
-# Statuses whose answers never have a body: streamed as they are (aiohttp knows the rules).
+# Statuses whose answers never have a body: streamed as they are (the connection knows the rules).
 _NO_BODY = frozenset({204, 304})
 # A failed answer kept across a retry's wait, in case the retry is refused (bounded).
 RETAINED_ANSWER_BYTES = 65536
 
 
-def stored_response(answer: StoredAnswer, request_id: str) -> web.Response:
+def stored_response(answer: StoredAnswer, request_id: str) -> Answer:
     """An answer kept from earlier (an idempotent replay, or a retry that was refused)."""
-    response = web.Response(status=answer.status, reason=answer.reason, body=answer.body or b"")
+    headers: CIMultiDict[str] = CIMultiDict()
     for name, value in answer.headers:
-        if name.lower() not in {"content-length", "x-request-id"}:
-            response.headers.add(name, value)
-    response.headers["X-Request-ID"] = request_id
-    return response
-
-
-def problem_response(error: GatewayError, request_id: str) -> web.Response:
-    """The contract's problem+json answer (as the caller edge's ``render_problem`` builds it,
-    with the content type as a plain header: aiohttp's setter parses it every time)."""
-    headers = error.headers(request_id)
-    headers["Content-Type"] = "application/problem+json"
-    body = json.dumps(error.problem(request_id)).encode()
-    return web.Response(status=error.status, body=body, headers=headers)
+        if name.lower() not in {"content-length", "x-request-id", "transfer-encoding"}:
+            headers.add(name, value)
+    headers["X-Request-ID"] = request_id
+    return Answer(answer.status, answer.body or b"", headers, answer.reason)
 
 
 class _CallerBody:
@@ -132,7 +120,7 @@ class _CallerBody:
             return CallerGone()
         return cause
 
-    def __init__(self, reader: StreamReader) -> None:
+    def __init__(self, reader: RequestBody) -> None:
         self._reader = reader
         self.waiting_for_caller = False
         self.broken = False
@@ -177,8 +165,7 @@ async def _retain(upstream: UpstreamResponse) -> StoredAnswer | None:
 def _problem_answer(error: GatewayError, exchange: Exchange) -> StoredAnswer:
     if error.practice_id is None:
         error.practice_id = exchange.practice_id
-    response = problem_response(error, exchange.request_id)
-    assert isinstance(response.body, bytes)  # noqa: S101 - built from bytes just above
+    response = problem_answer(error, exchange.request_id)
     return StoredAnswer(
         response.status, response.reason, tuple(response.headers.items()), response.body
     )
@@ -251,7 +238,7 @@ class Proxy:
         self._deadline = policy.deadline
         self._replay_buffer_bytes = policy.replay_buffer_bytes
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: IncomingRequest) -> Answer | AnswerStream:
         started = self._clock.monotonic()
         exchange = Exchange(
             request_id_for(request.headers.get("X-Request-ID")), method_label(request.method)
@@ -285,10 +272,10 @@ class Proxy:
             self._observer.rejected(error.reason)
             if error.practice_id is None:
                 error.practice_id = exchange.practice_id
-            return problem_response(error, exchange.request_id)
+            return problem_answer(error, exchange.request_id)
         except CallerGone:
             exchange.status, exchange.error = CLIENT_CLOSED_REQUEST, "client_disconnected"
-            return web.Response(status=CLIENT_CLOSED_REQUEST)  # nobody is left to read it
+            return Answer(CLIENT_CLOSED_REQUEST)  # nobody is left to read it
         except asyncio.CancelledError:
             exchange.status = CLIENT_CLOSED_REQUEST
             raise
@@ -302,17 +289,17 @@ class Proxy:
             internal = GatewayError(f"unexpected gateway error ({type(exc).__name__})")
             exchange.error, exchange.status = internal.reason, internal.status
             self._observer.rejected(internal.reason)
-            return problem_response(internal, exchange.request_id)
+            return problem_answer(internal, exchange.request_id)
         finally:
             self._observer.request(exchange, self._clock.monotonic() - started)
             exchange.trace.end(exchange.route, exchange.status, exchange.error)
 
     async def _claim(
         self,
-        request: web.BaseRequest,
+        request: IncomingRequest,
         target: Target,
         exchange: Exchange,
-        body: bytes | StreamReader | None,
+        body: bytes | RequestBody | None,
     ) -> Claim | StoredAnswer | None:
         """Take the request's Idempotency-Key, or the answer to replay for it.
 
@@ -353,11 +340,11 @@ class Proxy:
 
     async def _within_limits(
         self,
-        request: web.BaseRequest,
+        request: IncomingRequest,
         target: Target,
         exchange: Exchange,
-        body: bytes | StreamReader | None,
-    ) -> web.StreamResponse:
+        body: bytes | RequestBody | None,
+    ) -> Answer | AnswerStream:
         bulkhead = self._resilience.bulkhead
         bulkhead.acquire(target.practice_id)
         try:
@@ -371,14 +358,14 @@ class Proxy:
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        request: IncomingRequest,
         target: Target,
         exchange: Exchange,
-        caller_body: bytes | StreamReader | None,
-    ) -> web.StreamResponse:
+        caller_body: bytes | RequestBody | None,
+    ) -> Answer | AnswerStream:
         """The attempt loop: I/O only. What each attempt's outcome means is
         :meth:`Resilience.decide`'s call; this carries the decision out."""
-        body = _CallerBody(caller_body) if isinstance(caller_body, StreamReader) else caller_body
+        body = _CallerBody(caller_body) if isinstance(caller_body, RequestBody) else caller_body
         clock = self._clock
         token = await exchange.trace.token(self._tokens, exchange.deadline - clock.monotonic())
         self._resilience.budget.record_request(clock.monotonic())
@@ -440,7 +427,7 @@ class Proxy:
 
     async def _attempt(
         self,
-        request: web.BaseRequest,
+        request: IncomingRequest,
         target: Target,
         exchange: Exchange,
         token: str,
@@ -471,8 +458,9 @@ class Proxy:
         except BaseException as exc:
             self._resilience.abandon(ticket)
             if isinstance(body, _CallerBody) and (cause := body.failure()) is not None:
-                # The send failed because the caller's body broke off, not because of EXACT.
-                if isinstance(cause, RequestTimeout):
+                # The send failed because the caller's body broke off, not because of EXACT:
+                # too slow (408) or malformed (400) is the caller's answer, gone is 499.
+                if isinstance(cause, GatewayError):
                     raise cause from exc
                 raise CallerGone from exc
             exchange.maybe_delivered = True  # cancelled mid-send: assume it may have arrived
@@ -496,8 +484,8 @@ class Proxy:
         return ticket, outcome
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange
-    ) -> web.StreamResponse:
+        self, request: IncomingRequest, upstream: UpstreamResponse, exchange: Exchange
+    ) -> Answer | AnswerStream:
         headers = response_headers(upstream.headers, exchange.request_id)
         status = upstream.status
         copies = _Copies(
@@ -516,11 +504,9 @@ class Proxy:
                 upstream.release()
                 copies.tap_whole(body)
                 return self._whole(upstream, headers, body, exchange)
-        response = web.StreamResponse(status=status, reason=upstream.reason)
-        response.headers.extend(headers)
         reply = Reply(upstream)
         try:
-            await response.prepare(request)
+            response = await request.stream(status, upstream.reason, headers)
             async for chunk in Upstream.body(reply):
                 copies.feed(chunk)
                 await response.write(chunk)
@@ -529,22 +515,20 @@ class Proxy:
                 # signal left is to cut the connection and let the caller see a short body.
                 upstream.close()
                 exchange.error = f"stream_aborted:{reply.broken}"
-                if request.transport is not None:
-                    request.transport.close()
+                response.abort()
                 copies.drop()
                 return response
-            await response.write_eof()
+            await response.end()
             copies.finish()
         except ConnectionError:
             # The caller hung up mid-body, or stopped reading and the listener cut it off
-            # (aiohttp raises this on our write): drop the half-read upstream connection.
+            # (our write raises this): drop the half-read upstream connection.
             upstream.close()
-            slow = cut_off(request)
+            slow = request.cut_off
             exchange.error = slow.reason if slow is not None else "client_disconnected"
-            response.force_close()
             exchange.status = CLIENT_CLOSED_REQUEST
             copies.drop()
-            return response
+            return Answer(CLIENT_CLOSED_REQUEST)
         except BaseException:
             # Cancelled: drop the half-read upstream connection rather than pool it.
             upstream.close()
@@ -559,10 +543,9 @@ class Proxy:
 
     def _whole(
         self, upstream: UpstreamResponse, headers: CIMultiDict[str], body: bytes, exchange: Exchange
-    ) -> web.Response:
-        response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
-        headers.popall("Content-Length", None)  # aiohttp sets it from the body: they agree
-        response.headers.extend(headers)
+    ) -> Answer:
+        headers.popall("Content-Length", None)  # the connection sets it from the body
+        response = Answer(upstream.status, body, headers, upstream.reason)
         if exchange.collect:
             limit = self._idempotency.max_response_bytes if self._idempotency is not None else 0
             exchange.answer = StoredAnswer(
@@ -573,7 +556,7 @@ class Proxy:
             )
         return response
 
-    async def _body(self, request: web.BaseRequest) -> tuple[bytes | StreamReader | None, bool]:
+    async def _body(self, request: IncomingRequest) -> tuple[bytes | RequestBody | None, bool]:
         """The body to send, and whether it can be sent again.
 
         Bodies of known length up to REPLAY_BUFFER_BYTES are read first so that a replay or a
@@ -581,7 +564,7 @@ class Proxy:
         """
         if not request.body_exists:
             return None, True
-        await expect_continue(request)
+        request.expect_continue()
         length = request.content_length
         if length is not None and length <= self._replay_buffer_bytes:
             try:

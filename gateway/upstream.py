@@ -101,7 +101,9 @@ def response_headers(incoming: Iterable[tuple[str, str]], request_id: str) -> CI
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in pairs:
         lower = name.lower()
-        if lower != "x-request-id" and not is_hop_by_hop(lower, declared):
+        # EXACT's Server field names the relay's software and version: of no use to a
+        # caller and of use to an attacker (nginx drops it the same way).
+        if lower not in {"x-request-id", "server"} and not is_hop_by_hop(lower, declared):
             out.add(name, value)
     out["X-Request-ID"] = request_id
     return out

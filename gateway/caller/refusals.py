@@ -16,8 +16,10 @@ from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from multidict import CIMultiDict
 
 from gateway.caller.limits import MAX_FIELD_BYTES, MAX_HEADERS
+from gateway.caller.messages import Answer
 from gateway.errors import BadRequest, GatewayError, RequestHeaderFieldsTooLarge, UriTooLong
 
 
@@ -34,6 +36,14 @@ def render_problem(error: GatewayError, request_id: str) -> web.Response:
         content_type="application/problem+json",
         headers=error.headers(request_id),
     )
+
+
+def problem_answer(error: GatewayError, request_id: str) -> Answer:
+    """The same answer for the proxy port's connection to write (content type as a plain
+    header: nothing parses it on the way out)."""
+    headers = CIMultiDict(error.headers(request_id))
+    headers["Content-Type"] = "application/problem+json"
+    return Answer(error.status, json.dumps(error.problem(request_id)).encode(), headers)
 
 
 def raw_problem(error: GatewayError, request_id: str) -> bytes:

@@ -19,7 +19,6 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.caller.connection import CallerConnection
 from gateway.caller.writer import CallerWriter
-from gateway.errors import RequestTimeout
 
 
 class CallerRequest(web.BaseRequest):
@@ -52,16 +51,3 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
     protocol = request.protocol
     if isinstance(protocol, CallerConnection):
         protocol.prepare_response(response)
-
-
-async def expect_continue(request: web.BaseRequest) -> None:
-    """Send ``100 Continue`` if the caller is waiting for it: call before reading the body."""
-    protocol = request.protocol
-    if isinstance(protocol, CallerConnection):
-        protocol.send_continue()
-
-
-def cut_off(request: web.BaseRequest) -> RequestTimeout | None:
-    """Why the listener cut this request's connection off for the caller's slowness, if it did."""
-    protocol = request.protocol
-    return protocol.cut_off if isinstance(protocol, CallerConnection) else None

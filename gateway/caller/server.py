@@ -13,7 +13,6 @@ request sent just as the listener closes. Each connection is a
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.caller.connection import CallerConnection
+from gateway.caller.door import Door, Refusal
 from gateway.caller.limits import (
     DRAIN_QUIET_SECONDS,
     LINGER_SECONDS,
@@ -30,16 +30,12 @@ from gateway.caller.limits import (
 )
 from gateway.caller.refusals import new_request_id, render_problem
 from gateway.caller.request import make_caller_request
-from gateway.errors import GatewayError, RequestHeaderFieldsTooLarge
+from gateway.errors import RequestHeaderFieldsTooLarge
 
-# The caller edge's log channel (dashboards and tests select its lines by this name).
-log = logging.getLogger("exact_gateway.listener")
-
-Refusal = Callable[[GatewayError, str, str], None]  # error, request id, method label
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-class Listener(web.Server):
+class Listener(web.Server, Door):
     """aiohttp's low-level server with :class:`CallerConnection` and a connection cap."""
 
     def __init__(
@@ -53,7 +49,8 @@ class Listener(web.Server):
         request_factory: Any = None,
         name: str = "proxy",
     ) -> None:
-        super().__init__(
+        web.Server.__init__(
+            self,
             self._bounded(handler),
             request_factory=request_factory
             if request_factory is not None
@@ -68,15 +65,14 @@ class Listener(web.Server):
             lingering_time=LINGER_SECONDS,
             access_log=None,
         )
-        self.limits = limits
-        self.name = name
-        self.draining = False
-        self.open_connections = 0
-        self.refused_connections = 0
-        self._saturated = False
-        self._on_refusal = on_refusal
-        self._on_connections = on_connections
-        self._on_refused_connection = on_refused_connection
+        Door.__init__(
+            self,
+            limits,
+            name=name,
+            on_refusal=on_refusal,
+            on_connections=on_connections,
+            on_refused_connection=on_refused_connection,
+        )
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -114,84 +110,6 @@ class Listener(web.Server):
             return await handler(request)
 
         return bounded
-
-    # -- what the connections report ---------------------------------------------------------
-
-    def refusal(self, error: GatewayError, request_id: str, method: str) -> None:
-        """A request refused before it reached the handler: counted and logged once."""
-        if self._on_refusal is not None:
-            self._on_refusal(error, request_id, method)
-        else:
-            log.info(
-                "request refused",
-                extra={
-                    "fields": {
-                        "event": "request",
-                        "listener": self.name,
-                        "status": error.status,
-                        "error": error.reason,
-                        "request_id": request_id,
-                    }
-                },
-            )
-
-    def internal_error(self, exc: BaseException | None) -> None:
-        """A handler raised (the handlers catch everything, so this is a bug): said loudly,
-        with the exception's type only (its message may quote a caller's bytes)."""
-        log.error(
-            "unexpected error in a request handler",
-            extra={
-                "fields": {
-                    "event": "internal_error",
-                    "listener": self.name,
-                    "exception": type(exc).__name__ if exc else None,
-                }
-            },
-        )
-
-    def admit(self) -> bool:
-        """Count a new connection, or say it is one too many."""
-        if self.open_connections >= self.limits.max_connections:
-            self.refused_connections += 1
-            if self._on_refused_connection is not None:
-                self._on_refused_connection()
-            if not self._saturated:
-                self._saturated = True
-                log.warning(
-                    "connection limit reached: new connections are closed at once",
-                    extra={
-                        "fields": {
-                            "event": "connection_limit",
-                            "listener": self.name,
-                            "limit": self.limits.max_connections,
-                        }
-                    },
-                )
-            return False
-        self.open_connections += 1
-        self._report()
-        return True
-
-    def released(self) -> None:
-        self.open_connections -= 1
-        self._report()
-        # Hysteresis: one line when the flood is over, not one per connection at the edge.
-        if self._saturated and self.open_connections <= self.limits.max_connections * 0.9:
-            self._saturated = False
-            log.info(
-                "accepting connections again",
-                extra={
-                    "fields": {
-                        "event": "connection_limit_cleared",
-                        "listener": self.name,
-                        "refused": self.refused_connections,
-                    }
-                },
-            )
-
-    def _report(self) -> None:
-        if self._on_connections is not None:
-            self._on_connections(self.open_connections)
 
     # -- shutdown ----------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ async def test_a_caller_that_stops_reading_a_small_answer_is_still_released(
         return len(gateway.listener.connections) == 1
 
     await wait_until(connected, PATIENCE)
-    transport = gateway.listener.connections[0].transport
+    transport = next(iter(gateway.listener.connections)).transport
     assert transport is not None
     try:
         for sent in range(1, 2000):
