@@ -17,7 +17,7 @@ CORE = (
     "gateway.resilience",  # the package: breaker, retry, backoff, budget, bulkhead, rules
     "gateway.routes",
     "gateway.exact_api",
-    "gateway.tokens",
+    "gateway.tokens",  # the package: schedule (pure values) and source (state, loop)
     "gateway.credentials",
     "gateway.idempotency",
     "gateway.errors",
@@ -30,6 +30,7 @@ CORE = (
     "gateway.practices.subscriptions",
     "gateway.header_policy",
     "gateway.admin_access",
+    "gateway.status_page",  # the package: the /status document, the HTML, its assets
 )
 FORBIDDEN_IN_CORE = ("aiohttp", "gateway.settings")
 
@@ -116,6 +117,50 @@ def test_the_facts_module_depends_on_the_standard_library_only() -> None:
         "dataclasses.dataclass",
         "dataclasses.field",
     }
+
+
+def reads_the_environment(path: Path) -> bool:
+    """Does a file read the process environment (``os.environ``, ``os.getenv``, ``environ``
+    imported from ``os``)?"""
+    readers = {"environ", "environb", "getenv", "getenvb"}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in readers
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+        ):
+            return True
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(alias.name in readers for alias in node.names)
+        ):
+            return True
+    return False
+
+
+def test_only_the_settings_package_reads_the_environment() -> None:
+    """Settings are parsed once: no module outside gateway/settings reads os.environ, so a
+    variable cannot bypass validation or the one error message that names it."""
+    readers = {module_name(file) for file in module_files("gateway") if reads_the_environment(file)}
+    assert readers
+    assert all(reader.startswith("gateway.settings") for reader in readers), readers
+
+
+def test_the_environment_rule_catches_a_reader(tmp_path: Path) -> None:
+    """The reader sees the environment read however it is written (so the rule can fail)."""
+    for source in (
+        "import os\nos.environ.get('X')\n",
+        "import os\nos.getenv('X')\n",
+        "from os import environ\n",
+        "def f():\n import os\n return os.environ['X']\n",
+    ):
+        file = tmp_path / "m.py"
+        file.write_text(source)
+        assert reads_the_environment(file), source
+    (tmp_path / "m.py").write_text("environ = {}\nenviron.get('X')\n")
+    assert not reads_the_environment(tmp_path / "m.py")
 
 
 def test_the_rule_catches_a_violation(tmp_path: Path) -> None:

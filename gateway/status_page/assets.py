@@ -1,28 +1,14 @@
-"""The status page on the admin port: what an on-call engineer needs at 3 a.m., on one screen.
+"""The status page's assets: its stylesheet and its script, inlined into the page.
 
-``GET /`` is one self-contained HTML page (inline style and script, pinned by hashes in its
-Content-Security-Policy, no external assets, charts drawn as inline SVG) that polls
-``GET /status`` every 5 s. It answers "what changed, and when?": request rate, 5xx answers
-split by who made them (the gateway or EXACT), 499s and p50/p99 latency over the last 15
-minutes; the token's countdown and its last fetches; the EXACT breaker's last changes; the
-practices failing now. Colours are the Okabe-Ito palette (told apart with the common colour
-vision deficiencies) and every line also differs by dash pattern and is named in a legend.
-
-:func:`status_document` builds ``/status`` from the token status, the breakers and the
-:mod:`gateway.history`. Nothing in it is secret: no token, no secret, no client id, no path or
-query string; practice ids only for breakers that are not closed, as in the metrics.
+They are text, not files, so the page stays one self-contained response (no external assets)
+whose Content-Security-Policy pins them by hash (:mod:`gateway.status_page.page`). The script
+polls ``GET /status`` every 5 s and draws the cards, charts (inline SVG) and tables from it;
+colours are the Okabe-Ito palette and every line also differs by dash pattern.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from typing import Any
-
-# The page lists at most this many failing practices (newest first); counts cover the rest.
-PRACTICES_SHOWN = 50
-
-_STYLE = """
+STYLE = """
 :root{--bg:#0f1419;--panel:#1a222c;--line:#2c3845;--text:#e8edf2;--dim:#9aa8b6;
 --blue:#56b4e9;--orange:#e69f00;--green:#009e73;--verm:#d55e00;--purple:#cc79a7;--grey:#9aa8b6}
 *{box-sizing:border-box}
@@ -78,7 +64,7 @@ svg.strip rect.h-ok{fill:var(--green)}svg.strip rect.h-down{fill:var(--verm)}
 svg.strip rect.h-mixed{fill:var(--orange)}svg.strip rect.h-none{fill:var(--line)}
 """.strip()
 
-_SCRIPT = r"""
+SCRIPT = r"""
 "use strict";
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
@@ -333,172 +319,3 @@ refresh();
 setInterval(refresh, 5000);
 setInterval(tick, 1000);
 """.strip()
-
-_LEGEND_ERRORS = (
-    '<div class="legend"><span><i class="s-gateway"></i>gateway-made</span>'
-    '<span><i class="s-exact"></i>EXACT-made</span>'
-    '<span><i class="s-closed"></i>499 (caller left)</span></div>'
-)
-_LEGEND_LATENCY = (
-    '<div class="legend"><span><i class="s-p50"></i>p50</span>'
-    '<span><i class="s-p99"></i>p99</span><span>per 10 s bucket</span></div>'
-)
-
-_LEGEND_RATE = (
-    '<div class="legend"><span><i class="s-rate"></i>answers per second</span>'
-    "<span>per 10 s bucket</span></div>"
-)
-
-
-def _chart(name: str, title: str, label: str, legend: str) -> str:
-    """One chart panel: the script draws into the SVG; the legend names every line."""
-    return (
-        f'<div class="panel"><h2>{title}</h2>'
-        f'<svg id="chart-{name}" viewBox="0 0 420 150" role="img" aria-label="{label}"></svg>'
-        f'{legend}<small id="{name}-now"></small></div>\n'
-    )
-
-
-_CHARTS = (
-    _chart("rate", "Requests per second", "requests per second, last 15 minutes", _LEGEND_RATE)
-    + _chart(
-        "errors", "5xx per second, by maker", "5xx per second by maker, last 15 min", _LEGEND_ERRORS
-    )
-    + _chart(
-        "latency",
-        "Latency (whole request)",
-        "p50 and p99 latency, last 15 minutes",
-        _LEGEND_LATENCY,
-    )
-)
-
-_BODY = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>exact-gateway status</title><style>{style}</style></head>
-<body><header><h1>exact-gateway</h1><span id="version" class="dim">loading</span>
-<span id="env" class="env">-</span><b id="ready">-</b><span id="inflight" class="dim"></span>
-<span id="updated" class="dim"></span></header>
-<main>
-<section class="cards">
-<div class="card"><h2>Access token</h2><b id="token">-</b>
-<small id="token-note"></small><div class="bar"><i id="token-bar"></i></div></div>
-<div class="card"><h2>EXACT API breaker</h2><b id="upstream">-</b>
-<small id="upstream-note"></small></div>
-<div class="card"><h2>Practices failing</h2><b id="practices">-</b>
-<small id="practices-note"></small></div>
-<div class="card"><h2>Request rate (1 min)</h2><b id="rate">-</b>
-<small id="rate-note"></small></div>
-<div class="card"><h2>5xx answers (1 min)</h2><b id="errors">-</b>
-<small id="errors-note"></small></div>
-<div class="card"><h2>Latency p99 (1 min)</h2><b id="latency">-</b>
-<small id="latency-note"></small></div>
-</section>
-<section class="charts">
-{charts}
-</section>
-<section class="tables">
-<div class="panel"><h2>Practices failing now</h2>
-<table><thead><tr><th>Practice</th><th>Breaker</th><th>Opened at</th><th>Open for</th>
-<th>Next probe</th></tr></thead><tbody id="failing"></tbody></table>
-<small id="failing-more"></small></div>
-<div class="panel"><h2>EXACT API breaker: recent changes</h2>
-<table><thead><tr><th>At</th><th>State</th><th>Why</th></tr></thead>
-<tbody id="breaker-events"></tbody></table></div>
-<div class="panel"><h2>Access token: recent fetches</h2>
-<table><thead><tr><th>At</th><th>Result</th><th>Detail</th></tr></thead>
-<tbody id="token-events"></tbody></table></div>
-</section>
-<section class="panel"><h2>Practices unavailable, slow or paused</h2>
-<table><thead><tr><th>Practice</th><th>State</th><th>Since</th><th>Cause</th><th>EXACT</th>
-<th>Last 24 h (hourly)</th></tr></thead><tbody id="troubled"></tbody></table>
-<small id="troubled-more"></small></section>
-</main><script>{script}</script></body></html>
-"""
-
-
-def _sha256(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-
-PAGE = _BODY.format(
-    style=_STYLE,
-    script=_SCRIPT,
-    charts=_CHARTS,
-).encode()
-# Only this page's own inline style and script may run, and it may only talk to its origin.
-CONTENT_SECURITY_POLICY = (
-    f"default-src 'none'; script-src {_sha256(_SCRIPT)}; style-src {_sha256(_STYLE)};"
-    " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-
-_TOKEN_FIELDS = (
-    "usable",
-    "has_token",
-    "expires_in_seconds",
-    "usable_for_seconds",
-    "age_seconds",
-    "next_refresh_in_seconds",
-    "retry_in_seconds",
-    "refresh_count",
-    "consecutive_failures",
-    "credentials_refused",
-    "last_error",
-)
-_PRACTICE_FIELDS = (
-    "practice_id",
-    "state",
-    "opened_at_unix",
-    "next_probe_in_seconds",
-    "consecutive_failures",
-    "reopenings",
-)
-
-
-def status_document(
-    *,
-    version: str,
-    environment: str,
-    ready: bool,
-    draining: bool,
-    token: dict[str, Any],
-    breakers: dict[str, Any],
-    history: dict[str, Any],
-    inflight: int,
-    troubled: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """What ``GET /status`` answers: a safe subset of /token and /breakers, and the history
-    (:meth:`gateway.history.History.snapshot`)."""
-    upstream = breakers["upstream"]
-    # Newest openings first: at 3 a.m. what just broke matters more than what broke at noon.
-    practices = sorted(
-        breakers["practices"], key=lambda entry: -(entry.get("opened_at_unix") or 0.0)
-    )
-    return {
-        "version": version,
-        "environment": environment,
-        "ready": ready,
-        "draining": draining,
-        "inflight": inflight,
-        "token": {key: token.get(key) for key in _TOKEN_FIELDS}
-        | {"events": history["token_events"]},
-        "breakers": {
-            "upstream": {
-                "state": upstream["state"],
-                "cause": upstream.get("cause"),
-                "opened_at_unix": upstream.get("opened_at_unix"),
-                "next_probe_in_seconds": upstream.get("next_probe_in_seconds"),
-                "events": history["upstream_breaker_events"],
-            },
-            "practices": [
-                {key: entry.get(key) for key in _PRACTICE_FIELDS}
-                for entry in practices[:PRACTICES_SHOWN]
-            ],
-            "practices_not_shown": max(0, len(practices) - PRACTICES_SHOWN),
-            "counts": breakers["counts"],
-        },
-        "traffic": history["traffic"],
-        "practices": troubled
-        if troubled is not None
-        else {"rows": [], "not_shown": 0, "states": {}, "paused": []},
-    }
