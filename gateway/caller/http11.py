@@ -170,7 +170,7 @@ class ProxyConnection(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        self._disarm()
+        self._cancel_timer()
         gone = ConnectionResetError("the caller closed the connection")
         for request in (self._parsing, self._active, *self._queue):
             if request is not None and request.body is not None:
@@ -191,7 +191,9 @@ class ProxyConnection(asyncio.Protocol):
             return
         phase = self._phase
         if phase is Phase.IDLE:
-            self._enter(Phase.HEAD, self._limits.head_timeout)
+            # The head's clock is armed below only if the head does not complete in this
+            # segment (nearly all do): no timer per request.
+            self._enter(Phase.HEAD)
         elif phase is Phase.BODY and not self._reading_paused and not self._awaiting_continue:
             self._push_deadline(self._limits.body_idle)
         self._head_began_now = self._ended_now = False
@@ -208,6 +210,8 @@ class ProxyConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._parse_failed()
             return
+        if self._in_head and self._phase is Phase.HEAD and self._deadline == math.inf:
+            self._push_deadline(self._limits.head_timeout)
         if self._in_head and not (self._head_began_now and self._ended_now):
             # A head still arriving: every byte of this segment belongs to it, unless the
             # previous message ended in this segment too (pipelined): that segment is not
@@ -588,7 +592,8 @@ class ProxyConnection(asyncio.Protocol):
 
     def _push_deadline(self, limit: float) -> None:
         """Move the deadline to ``limit`` from now; the timer only moves when it must fire
-        earlier, so a busy body costs one float store per chunk, not a timer per chunk."""
+        earlier, so a busy body costs one float store per chunk, not a timer per chunk, and
+        a keep-alive connection's requests share one timer that re-arms when it fires."""
         self._deadline = self.loop.time() + limit
         if self._timer is not None and self._timer_at <= self._deadline:
             return
@@ -598,6 +603,11 @@ class ProxyConnection(asyncio.Protocol):
         self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def _disarm(self) -> None:
+        # The timer stays: when it fires with no deadline it does nothing, which is cheaper
+        # than cancelling and making one for every request.
+        self._deadline = math.inf
+
+    def _cancel_timer(self) -> None:
         self._deadline = math.inf
         if self._timer is not None:
             self._timer.cancel()
