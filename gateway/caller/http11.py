@@ -184,6 +184,20 @@ class ProxyConnection(asyncio.Protocol):
             self._listener.connections.discard(self)
             self._listener.released()
 
+    def eof_received(self) -> bool:
+        """The caller will send nothing more (a half-close): a request under way still gets
+        its answer, then the connection closes; an idle one closes now."""
+        self._deaf = True
+        self._close_after = True
+        gone = ConnectionResetError("the caller closed its side mid-request")
+        for request in (self._parsing, *self._queue):
+            if request is not None and request.body is not None:
+                request.body.set_exception(gone)
+        if self._active is None:
+            self._close()
+            return False
+        return True  # keep the transport open to write the answer
+
     # -- bytes in ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:

@@ -625,3 +625,40 @@ async def test_healthy_caller_keeps_its_latency_under_a_hostile_crowd(
     )
     for writer in hostile:
         writer.close()
+
+
+async def test_a_caller_that_half_closes_after_its_request_still_gets_the_answer(
+    fast_gateway: Gateway,
+) -> None:
+    """``shutdown(SHUT_WR)`` after the request (some clients and scripts do it) means "no
+    more requests", not "no answer": the answer arrives, then the connection closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", fast_gateway.proxy_port)
+    writer.write(b"GET /v1/Subscriptions/active HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write_eof()
+    status, headers, _ = await read_answer(reader)
+    assert status == 200
+    assert headers["connection"] == "close"
+    assert await read_to_eof(reader) == b""
+    writer.close()
+
+
+async def test_a_caller_that_half_closes_mid_body_is_not_answered_for_a_practice(
+    fast_gateway: Gateway,
+) -> None:
+    """A body cut short by the caller's half-close is never sent on as if whole: the
+    gateway logs the caller as gone and closes, and the next connection works."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", fast_gateway.proxy_port)
+    writer.write(
+        b"POST /v1/Practices/UKTEST2/Patients/p/Contact HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+    writer.write_eof()
+    try:
+        answered = await reader.read()
+    except ConnectionResetError:
+        answered = b""
+    assert answered == b""  # nobody is left to read an answer: logged as 499, no bytes
+    writer.close()
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy_url(fast_gateway, "/v1/Subscriptions/active")) as resp:
+            assert resp.status == 200
