@@ -110,9 +110,10 @@ def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
 def response_headers(incoming: Iterable[tuple[str, str]], request_id: str) -> CIMultiDict[str]:
     """Headers to return to the caller: EXACT's end-to-end headers and our request id.
 
-    One pass drops the fixed hop-by-hop fields; only an answer that carries ``Connection``
-    pays for a second look at the names it declares hop-by-hop."""
-    kept: list[tuple[str, str, str]] = []
+    One pass drops the fixed hop-by-hop fields; only an answer whose ``Connection`` names
+    more than ``keep-alive`` (itself hop-by-hop already) pays for a second pass."""
+    kept: list[tuple[str, str]] = []
+    lowers: list[str] = []
     connection: list[str] = []
     for name, value in incoming:
         lower = name.lower()
@@ -120,12 +121,13 @@ def response_headers(incoming: Iterable[tuple[str, str]], request_id: str) -> CI
             if lower == "connection":
                 connection.append(value)
             continue
-        kept.append((lower, name, value))
-    if connection:
-        declared = connection_named(connection)
-        out = CIMultiDict((name, value) for lower, name, value in kept if lower not in declared)
-    else:
-        out = CIMultiDict((name, value) for _, name, value in kept)
+        kept.append((name, value))
+        lowers.append(lower)
+    if connection and not (len(connection) == 1 and connection[0].lower() == "keep-alive"):
+        declared = connection_named(connection) - _NOT_RETURNED
+        if declared:
+            kept = [pair for pair, lower in zip(kept, lowers, strict=True) if lower not in declared]
+    out = CIMultiDict(kept)
     out["X-Request-ID"] = request_id
     return out
 

@@ -147,3 +147,12 @@ def test_response_headers_drop_hop_by_hop_and_replace_the_request_id() -> None:
 def test_response_headers_without_connection() -> None:
     out = response_headers([("A", "1"), ("upgrade", "h2c"), ("B", "2")], "r")
     assert list(out.items()) == [("A", "1"), ("B", "2"), ("X-Request-ID", "r")]
+
+
+def test_connection_close_declares_a_field_named_close() -> None:
+    """``Connection: close`` lists the token ``close``: a field of that name is dropped,
+    as any field the Connection header names."""
+    out = response_headers([("Connection", "close"), ("Close", "x"), ("A", "1")], "r")
+    assert list(out.items()) == [("A", "1"), ("X-Request-ID", "r")]
+    out = response_headers([("Connection", "Keep-Alive"), ("Close", "x")], "r")
+    assert list(out.items()) == [("Close", "x"), ("X-Request-ID", "r")]
