@@ -20,7 +20,6 @@ EXACT, errors included, pass through untouched.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -44,7 +43,7 @@ from gateway.exchange import (
     CLIENT_CLOSED_REQUEST,
     Exchange,
     Observer,
-    request_id_for,
+    RequestIds,
 )
 from gateway.history import History
 from gateway.http1 import UpstreamResponse
@@ -111,7 +110,7 @@ def problem_response(error: GatewayError, request_id: str) -> web.Response:
     with the content type as a plain header: aiohttp's setter parses it every time)."""
     headers = error.headers(request_id)
     headers["Content-Type"] = "application/problem+json"
-    body = json.dumps(error.problem(request_id)).encode()
+    body = error.problem_body(request_id)
     return web.Response(status=error.status, body=body, headers=headers)
 
 
@@ -250,11 +249,13 @@ class Proxy:
         self._attempt_timeout = policy.attempt_timeout
         self._deadline = policy.deadline
         self._replay_buffer_bytes = policy.replay_buffer_bytes
+        self._request_ids = RequestIds()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self._clock.monotonic()
         exchange = Exchange(
-            request_id_for(request.headers.get("X-Request-ID")), method_label(request.method)
+            self._request_ids.for_request(request.headers.get("X-Request-ID")),
+            method_label(request.method),
         )
         exchange.trace = self._tracing.request(request.method, request.headers)
         try:
