@@ -37,7 +37,9 @@ upstream boundary, :mod:`gateway.upstream`, and at the token boundary, :mod:`gat
 
 from __future__ import annotations
 
+import json
 import math
+from json.encoder import encode_basestring_ascii as _json_string  # the C encoder json uses
 from typing import Any, ClassVar
 
 
@@ -76,6 +78,21 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     reason: ClassVar[str] = "internal_error"
     title: ClassVar[str] = "Gateway error"
+    # The constant parts of the problem body, JSON-encoded once per class (problem_body).
+    _body_head: ClassVar[str] = ""
+    _body_reason: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._encode_constants()
+
+    @classmethod
+    def _encode_constants(cls) -> None:
+        cls._body_head = (
+            f'{{"type": {_json_string("urn:exact-gateway:error:" + cls.reason)},'
+            f' "title": {_json_string(cls.title)}, "status": {int(cls.status)}, "detail": '
+        )
+        cls._body_reason = f', "reason": {_json_string(cls.reason)}, "request_id": '
 
     def __init__(
         self,
@@ -103,8 +120,8 @@ class GatewayError(Exception):
             "X-Request-ID": request_id,
             "Cache-Control": "no-store",
         }
-        if self.retry_after_header is not None:
-            headers["Retry-After"] = self.retry_after_header
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(0, math.ceil(self.retry_after)))
         return headers
 
     def problem(self, request_id: str) -> dict[str, Any]:
@@ -119,9 +136,33 @@ class GatewayError(Exception):
         }
         if self.practice_id is not None:
             body["practice_id"] = self.practice_id
-        if self.retry_after_header is not None:
-            body["retry_after"] = int(self.retry_after_header)
+        if self.retry_after is not None:
+            body["retry_after"] = max(0, math.ceil(self.retry_after))
         return body
+
+    def problem_body(self, request_id: str) -> bytes:
+        """``json.dumps(self.problem(request_id)).encode()``, byte for byte, without the
+        dictionary and the generic encoder: the constant parts are encoded once per class and
+        each string goes through the same C escaping ``json.dumps`` uses (ASCII only, so a
+        hostile detail or id cannot break out of its string). Gateway-made answers (an open
+        breaker's above all) are meant to be far cheaper than a proxied request."""
+        if type(self).problem is not GatewayError.problem:
+            return json.dumps(self.problem(request_id)).encode()  # extra fields: generic path
+        parts = [
+            self._body_head,
+            _json_string(self.detail),
+            self._body_reason,
+            _json_string(request_id),
+        ]
+        if self.practice_id is not None:
+            parts += (', "practice_id": ', _json_string(self.practice_id))
+        if self.retry_after is not None:
+            parts += (', "retry_after": ', str(max(0, math.ceil(self.retry_after))))
+        parts.append("}")
+        return "".join(parts).encode("ascii")
+
+
+GatewayError._encode_constants()  # subclasses encode theirs in __init_subclass__
 
 
 class BadRequest(GatewayError):

@@ -22,7 +22,6 @@ Pure functions over header names and values (no aiohttp). Three rules:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus the legacy ones proxies still meet.
@@ -54,11 +53,32 @@ CALLER_MUST_NOT_SET = frozenset(
         "expect",
     }
 )
-_FORWARDING = re.compile(
-    r"forwarded|via|x-forwarded-.*|x-original-.*|x-host|x-real-ip|x-client-ip|client-ip"
-    r"|true-client-ip|x-cluster-client-ip|cf-connecting-ip|fastly-client-ip"
-    r"|x-proxyuser-ip|x-arr-.*|x-appengine-.*|x-envoy-.*|x-scheme|x-url-scheme|front-end-https"
+# Forwarding headers: these names exactly, and every name that starts with a family prefix.
+# Set membership and one ``startswith`` are a fraction of a regular expression's cost, and
+# they run for every header of every request.
+_FORWARDING_NAMES = frozenset(
+    {
+        "forwarded",
+        "via",
+        "x-host",
+        "x-real-ip",
+        "x-client-ip",
+        "client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-proxyuser-ip",
+        "x-scheme",
+        "x-url-scheme",
+        "front-end-https",
+    }
 )
+_FORWARDING_PREFIXES = ("x-forwarded-", "x-original-", "x-arr-", "x-appengine-", "x-envoy-")
+# Every name a caller's header is never sent under whatever its Connection header says, and
+# the prefixes that drop a name (proxy-* is hop-by-hop): forwarded_upstream in two lookups.
+NEVER_FORWARDED = CALLER_MUST_NOT_SET | HOP_BY_HOP | _FORWARDING_NAMES
+NEVER_FORWARDED_PREFIXES = ("proxy-", *_FORWARDING_PREFIXES)
 IDEMPOTENCY_KEY = "idempotency-key"
 
 
@@ -79,13 +99,13 @@ def is_hop_by_hop(name: str, declared: frozenset[str]) -> bool:
 
 def is_forwarding_header(name: str) -> bool:
     """``name`` (lower case) claims something about the client or the original URL."""
-    return _FORWARDING.fullmatch(name) is not None
+    return name in _FORWARDING_NAMES or name.startswith(_FORWARDING_PREFIXES)
 
 
 def forwarded_upstream(name: str, declared: frozenset[str]) -> bool:
     """Whether a caller's header ``name`` (lower case) is sent on to EXACT."""
     return not (
-        name in CALLER_MUST_NOT_SET or is_hop_by_hop(name, declared) or is_forwarding_header(name)
+        name in NEVER_FORWARDED or name.startswith(NEVER_FORWARDED_PREFIXES) or name in declared
     )
 
 

@@ -41,7 +41,7 @@ from gateway.exchange import (
     CLIENT_CLOSED_REQUEST,
     Exchange,
     Observer,
-    request_id_for,
+    RequestIds,
 )
 from gateway.history import History
 from gateway.http1 import UpstreamResponse
@@ -237,11 +237,13 @@ class Proxy:
         self._attempt_timeout = policy.attempt_timeout
         self._deadline = policy.deadline
         self._replay_buffer_bytes = policy.replay_buffer_bytes
+        self._request_ids = RequestIds()
 
     async def __call__(self, request: IncomingRequest) -> Answer | AnswerStream:
         started = self._clock.monotonic()
         exchange = Exchange(
-            request_id_for(request.headers.get("X-Request-ID")), method_label(request.method)
+            self._request_ids.for_request(request.headers.get("X-Request-ID")),
+            method_label(request.method),
         )
         exchange.trace = self._tracing.request(request.method, request.headers)
         try:

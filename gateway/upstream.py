@@ -25,7 +25,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.egress import Egress
-from gateway.header_policy import connection_named, forwarded_upstream, is_hop_by_hop
+from gateway.header_policy import (
+    HOP_BY_HOP,
+    NEVER_FORWARDED,
+    NEVER_FORWARDED_PREFIXES,
+    connection_named,
+    forwarded_upstream,
+)
 from gateway.http1 import (
     BadResponse,
     CloseCause,
@@ -49,6 +55,12 @@ MAX_RESPONSE_HEAD_BYTES = 65536
 IDLE_SECONDS = 30.0
 
 Headers = list[tuple[str, str]]
+# Caller headers never sent (ours replaces X-Request-ID), and response headers never returned
+# (hop-by-hop; ours replaces X-Request-ID): one set lookup per header on the hot path.
+_NOT_SENT = NEVER_FORWARDED | {"x-request-id"}
+# EXACT's Server field names the relay's software and version: of no use to a caller and of
+# use to an attacker (nginx drops it the same way), so it is not returned either.
+_NOT_RETURNED = HOP_BY_HOP | {"x-request-id", "server"}
 
 
 def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -68,17 +80,20 @@ def forwarded_value(incoming: CIMultiDictProxy[str], name: str) -> str | None:
 
 
 def request_headers(incoming: CIMultiDictProxy[str], token: str, request_id: str) -> Headers:
-    """Headers to send upstream: the caller's end-to-end headers and the gateway's own."""
+    """Headers to send upstream: the caller's end-to-end headers and the gateway's own.
+
+    The rule is :func:`gateway.header_policy.forwarded_upstream`'s, inlined: two lookups per
+    header instead of three calls and a regular expression."""
     declared = _connection_named(incoming) if "Connection" in incoming else frozenset()
     out: Headers = []
     versioned = False
     for name, value in incoming.items():
         lower = name.lower()
-        if lower == "x-request-id":
-            continue  # ours replaces it
-        if forwarded_upstream(lower, declared):
-            out.append((name, value))
-            versioned = versioned or lower == API_VERSION_HEADER
+        if lower in _NOT_SENT or lower.startswith(NEVER_FORWARDED_PREFIXES) or lower in declared:
+            continue
+        out.append((name, value))
+        if lower == API_VERSION_HEADER:
+            versioned = True
     out.append(("Authorization", "Bearer " + token))
     out.append(("X-Request-ID", request_id))
     if not versioned:
@@ -95,16 +110,26 @@ def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
 
 
 def response_headers(incoming: Iterable[tuple[str, str]], request_id: str) -> CIMultiDict[str]:
-    """Headers to return to the caller: EXACT's end-to-end headers and our request id."""
-    pairs = list(incoming)
-    declared = connection_named(v for k, v in pairs if k.lower() == "connection")
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in pairs:
+    """Headers to return to the caller: EXACT's end-to-end headers and our request id.
+
+    One pass drops the fixed hop-by-hop fields; only an answer whose ``Connection`` names
+    more than ``keep-alive`` (itself hop-by-hop already) pays for a second pass."""
+    kept: list[tuple[str, str]] = []
+    lowers: list[str] = []
+    connection: list[str] = []
+    for name, value in incoming:
         lower = name.lower()
-        # EXACT's Server field names the relay's software and version: of no use to a
-        # caller and of use to an attacker (nginx drops it the same way).
-        if lower not in {"x-request-id", "server"} and not is_hop_by_hop(lower, declared):
-            out.add(name, value)
+        if lower in _NOT_RETURNED or lower.startswith("proxy-"):
+            if lower == "connection":
+                connection.append(value)
+            continue
+        kept.append((name, value))
+        lowers.append(lower)
+    if connection and not (len(connection) == 1 and connection[0].lower() == "keep-alive"):
+        declared = connection_named(connection) - _NOT_RETURNED
+        if declared:
+            kept = [pair for pair, lower in zip(kept, lowers, strict=True) if lower not in declared]
+    out = CIMultiDict(kept)
     out["X-Request-ID"] = request_id
     return out
 

@@ -9,7 +9,6 @@ parser's exceptions are translated to the gateway's error tree in :func:`parse_e
 
 from __future__ import annotations
 
-import json
 import uuid
 from email.utils import formatdate
 from http import HTTPStatus
@@ -32,7 +31,7 @@ def render_problem(error: GatewayError, request_id: str) -> web.Response:
     """The contract's problem+json answer for a gateway error."""
     return web.Response(
         status=error.status,
-        body=json.dumps(error.problem(request_id)).encode(),
+        body=error.problem_body(request_id),
         content_type="application/problem+json",
         headers=error.headers(request_id),
     )
@@ -43,12 +42,12 @@ def problem_answer(error: GatewayError, request_id: str) -> Answer:
     header: nothing parses it on the way out)."""
     headers = CIMultiDict(error.headers(request_id))
     headers["Content-Type"] = "application/problem+json"
-    return Answer(error.status, json.dumps(error.problem(request_id)).encode(), headers)
+    return Answer(error.status, error.problem_body(request_id), headers)
 
 
 def raw_problem(error: GatewayError, request_id: str) -> bytes:
     """The same answer as bytes, for when no request object exists (head never completed)."""
-    body = json.dumps(error.problem(request_id)).encode()
+    body = error.problem_body(request_id)
     headers = {
         "Content-Type": "application/problem+json",
         "Content-Length": str(len(body)),

@@ -142,11 +142,13 @@ class Connection(asyncio.Protocol):
             and not self._closing
         )
 
-    def park(self, now: float) -> None:
-        """Back to idle after a reusable exchange; the socket stays watched."""
+    def park(self) -> None:
+        """Back to idle after a reusable exchange; the socket stays watched. The time comes
+        from the connection's own loop: ``asyncio.get_running_loop()`` costs a ``getpid``
+        system call per call on CPython 3.11 (its fork check), once per request here."""
         self._state = _IDLE
         self._reset_exchange()
-        self.idle_since = now
+        self.idle_since = self._loop.time()
         self.parked = True
 
     @property

@@ -102,11 +102,10 @@ class Pool:
         if self._shut:
             conn.close(CloseCause.SHUTDOWN)
         elif conn.reusable():
-            loop = asyncio.get_running_loop()
-            conn.park(loop.time())
+            conn.park()
             self._idle.append(conn)
             if self._sweeper is None:
-                self._schedule(loop)
+                self._schedule(asyncio.get_running_loop())
         else:
             conn.close(conn.cause or CloseCause.UNREAD)
 

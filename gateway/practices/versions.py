@@ -19,10 +19,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cachetools import TTLCache
-
 from gateway.errors import PracticeVersionTooOld
 from gateway.exact_api import Version, parse_version
+from gateway.expiring import ExpiringMap
 
 # A GetPracticeDetails answer is a few hundred bytes; anything far larger is not parsed.
 DETAILS_MAX_BYTES = 64 * 1024
@@ -60,15 +59,17 @@ class VersionBook:
     def __init__(self, policy: VersionPolicy, clock: Callable[[], float]) -> None:
         self.policy = policy
         self._clock = clock
-        self._known: TTLCache[str, Version] = TTLCache(policy.max_entries, policy.ttl, clock)
-        self._failed: TTLCache[str, bool] = TTLCache(
+        self._known: ExpiringMap[str, Version] = ExpiringMap(policy.max_entries, policy.ttl, clock)
+        self._failed: ExpiringMap[str, bool] = ExpiringMap(
             policy.max_entries, policy.retry_after_failure, clock
         )
         self._looking: set[str] = set()
         # Versions learnt in the last quarter of their time to live: a details answer for
         # such a practice is not parsed again (every GetPracticeDetails call would otherwise
         # pay a JSON parse), and an upgrade is still seen well within the time to live.
-        self._recent: TTLCache[str, bool] = TTLCache(policy.max_entries, policy.ttl / 4, clock)
+        self._recent: ExpiringMap[str, bool] = ExpiringMap(
+            policy.max_entries, policy.ttl / 4, clock
+        )
 
     def __len__(self) -> int:
         return len(self._known)
@@ -83,20 +84,22 @@ class VersionBook:
         if version is not None:
             self._known[key] = version
             self._recent[key] = True
-            self._failed.pop(key, None)
+            self._failed.pop(key)
         return version
 
     def learnt_recently(self, practice_id: str) -> bool:
         return practice_id.upper() in self._recent
 
     def forget(self, practice_id: str) -> None:
-        self._known.pop(practice_id.upper(), None)
+        self._known.pop(practice_id.upper())
 
     def check(self, minimum: Version | None, practice_id: str) -> PracticeVersionTooOld | None:
         """The refusal for a route needing ``minimum`` at this practice, if its known version
         is too old."""
+        if minimum is None:
+            return None  # asked first: a route without a minimum needs no look-up at all
         version = self.get(practice_id)
-        if minimum is None or version is None or version >= minimum:
+        if version is None or version >= minimum:
             return None
         return too_old(practice_id, version, minimum)
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from cachetools import Cache, TTLCache
+from gateway.expiring import ExpiringMap
 
 
 class State(StrEnum):
@@ -281,7 +281,11 @@ class BreakerTable:
         self._idle = idle
         self._max = max_entries
         self._on_transition = on_transition
-        self._closed = _ClosedBreakers(max_entries, idle, timer=clock)
+        # LRU by last use, dropped after ``idle`` seconds unused; eviction spares breakers
+        # with recent failures when it can (see _evictable).
+        self._closed: ExpiringMap[str, Breaker] = ExpiringMap(
+            max_entries, idle, clock, evictable=_evictable
+        )
         self._active: dict[str, tuple[Breaker, float]] = {}  # breaker, last used
 
     def get(self, key: str) -> Breaker:
@@ -294,7 +298,7 @@ class BreakerTable:
         breaker = self._closed.get(key)
         if breaker is None:
             breaker = Breaker(key, self._policy, self._rng, self._transition)
-        # Setting it again restarts its idle time (a TTLCache counts from the last write).
+        # Writing it again restarts its idle time and makes it the most recently used.
         self._closed[key] = breaker
         return breaker
 
@@ -303,7 +307,7 @@ class BreakerTable:
             self._active.pop(breaker.key, None)
             self._closed[breaker.key] = breaker
         elif previous is State.CLOSED:
-            self._closed.pop(breaker.key, None)
+            self._closed.pop(breaker.key)
             self._expire_active()
             self._active[breaker.key] = (breaker, self._clock())
         if self._on_transition is not None:
@@ -322,7 +326,7 @@ class BreakerTable:
 
     def forget(self, key: str) -> None:
         """Drop the breaker for ``key``, whatever its state (its practice left)."""
-        self._closed.pop(key, None)
+        self._closed.pop(key)
         self._active.pop(key, None)
 
     def not_closed(self) -> Iterator[Breaker]:
@@ -331,7 +335,6 @@ class BreakerTable:
             yield breaker
 
     def counts(self) -> dict[str, int]:
-        self._closed.expire()
         counts = {
             State.CLOSED.value: len(self._closed),
             State.OPEN.value: 0,
@@ -352,35 +355,20 @@ class BreakerTable:
             if breaker.opened_at >= since:
                 breaker.reset()
                 reset += 1
-        for breaker in list(self._closed.values()):
+        for breaker in self._closed.values():
             breaker.reset()
         return reset
 
 
-# How many of the least recently used closed breakers eviction looks at for one without
-# recent failures: a bound on the work a flood of new practice ids can cause per insert.
-EVICTION_SCAN = 64
-
-
-class _ClosedBreakers(TTLCache[str, Breaker]):
-    """Closed breakers, LRU, but eviction spares those with recent failures when it can.
+def _evictable(breaker: Breaker, now: float) -> bool:
+    """A closed breaker the table may evict to make room: one without recent failures.
 
     Plain LRU let a flood of new practice ids evict a closed breaker that had just counted
     four failures of an offline practice, resetting it to zero (and the practice's callers
-    paid the failures again). Eviction now takes the least recently used breaker that has no
-    recent failure among the oldest ``EVICTION_SCAN``, and only falls back to plain LRU when
-    every one of those is failing.
-    """
-
-    def popitem(self) -> tuple[str, Breaker]:
-        now = self.timer()
-        for index, key in enumerate(self):  # oldest (least recently set) first
-            if index >= EVICTION_SCAN:
-                break
-            breaker: Breaker = Cache.__getitem__(self, key)  # reads without touching LRU
-            if not breaker.has_recent_failures(now):
-                return key, self.pop(key)
-        return super().popitem()
+    paid the failures again). Eviction takes the least recently used breaker without a recent
+    failure among the oldest few dozen, and only falls back to plain LRU when every one of
+    those is failing (:class:`gateway.expiring.ExpiringMap`)."""
+    return not breaker.has_recent_failures(now)
 
 
 class PracticeOutcomes:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
 from gateway.credentials import basic_credentials
-from gateway.errors import BadRequest, TokenUnavailable, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    PracticeVersionTooOld,
+    TokenUnavailable,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from gateway.tokens import AccessToken, safety_margin
 
 
@@ -80,3 +88,44 @@ def test_basic_credentials_as_exact_documents() -> None:
     """Basic base64(client_id:client_secret), as the vendor's own example builds it."""
     header = basic_credentials("client", "se:cret")
     assert header == "Basic " + base64.b64encode(b"client:se:cret").decode()
+
+
+def _all_gateway_errors() -> list[type[GatewayError]]:
+    found: list[type[GatewayError]] = [GatewayError]
+    for cls in found:
+        found += cls.__subclasses__()
+    return found
+
+
+def _build(
+    error_class: type[GatewayError], text: str, practice_id: str | None, retry_after: float | None
+) -> GatewayError:
+    if error_class is PracticeVersionTooOld:
+        return PracticeVersionTooOld(
+            text, practice_id=practice_id or "UK1", version=text, minimum="13.856"
+        )
+    return error_class(text, practice_id=practice_id, retry_after=retry_after)
+
+
+_HOSTILE_TEXT = [
+    "plain",
+    'quote " back\\slash',
+    "line\nbreak\r\t\x00\x1f",
+    "é ü 日本",
+    "\udce9 lone",
+]
+
+
+@pytest.mark.parametrize("text", _HOSTILE_TEXT)
+@pytest.mark.parametrize("error_class", _all_gateway_errors())
+def test_problem_body_is_json_dumps_of_the_problem(
+    error_class: type[GatewayError], text: str
+) -> None:
+    """The cheap encoder writes exactly what json.dumps of the document would, for every
+    error class and for details and ids holding quotes, controls, non-ASCII and surrogates."""
+    for practice_id, retry_after in ((None, None), (text, 0.2), ("UKTEST1", 0.0)):
+        error = _build(error_class, text, practice_id, retry_after)
+        for request_id in ("0123abcd", text):
+            body = error.problem_body(request_id)
+            assert body == json.dumps(error.problem(request_id)).encode()
+            assert json.loads(body) == error.problem(request_id)
