@@ -238,6 +238,7 @@ class Proxy:
         self._deadline = policy.deadline
         self._replay_buffer_bytes = policy.replay_buffer_bytes
         self._request_ids = RequestIds()
+        self._loop = asyncio.get_running_loop()
 
     async def __call__(self, request: IncomingRequest) -> Answer | AnswerStream:
         started = self._clock.monotonic()
@@ -293,8 +294,13 @@ class Proxy:
             self._observer.rejected(internal.reason)
             return problem_answer(internal, exchange.request_id)
         finally:
-            self._observer.request(exchange, self._clock.monotonic() - started)
-            exchange.trace.end(exchange.route, exchange.status, exchange.error)
+            # Counted, logged and its span ended just after the connection has written the
+            # answer (it does so as soon as this returns), so none of it delays the caller.
+            self._loop.call_soon(self._settled, exchange, self._clock.monotonic() - started)
+
+    def _settled(self, exchange: Exchange, elapsed: float) -> None:
+        self._observer.request(exchange, elapsed)
+        exchange.trace.end(exchange.route, exchange.status, exchange.error)
 
     async def _claim(
         self,
