@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import StreamReader, web
@@ -37,6 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from gateway.caller.limits import REFUSAL_LINGER_SECONDS
+from gateway.caller.phases import Phase, PhaseClock
 from gateway.caller.refusals import new_request_id, parse_error, raw_problem, render_problem
 from gateway.errors import (
     GatewayBusy,
@@ -49,13 +49,6 @@ if TYPE_CHECKING:
     from gateway.caller.server import Listener
 
 
-class Phase(Enum):
-    HEAD = "head"  # waiting for (the rest of) a request head
-    BODY = "body"  # the head is in; body bytes are expected
-    HANDLING = "handling"  # the whole request is in; the handler works or answers
-    IDLE = "idle"  # keep-alive: between requests, nothing received yet
-
-
 class CallerConnection(RequestHandler):
     """One caller connection: aiohttp's protocol plus the phase timers and bounds above."""
 
@@ -63,10 +56,7 @@ class CallerConnection(RequestHandler):
         super().__init__(listener, loop=listener.loop, **kwargs)
         self._listener = listener
         self._limits = listener.limits
-        self._phase = Phase.HEAD
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
-        self._deadline = math.inf
+        self._clock = PhaseClock(listener.loop, self._expired)
         self._write_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         # Our own reference: aiohttp drops self.transport when it closes, but a transport
@@ -87,7 +77,7 @@ class CallerConnection(RequestHandler):
 
     @property
     def phase(self) -> Phase:
-        return self._phase
+        return self._clock.phase
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -122,7 +112,7 @@ class CallerConnection(RequestHandler):
         if not self._admitted:
             return
         self._admitted = False
-        self._disarm()
+        self._clock.stop()
         self._listener.released()
         super().connection_lost(exc)
         self._notify_settled()
@@ -137,12 +127,12 @@ class CallerConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._deaf:
             return
-        phase = self._phase
+        phase = self._clock.phase
         if phase is Phase.IDLE:
             self._enter(Phase.HEAD, self._limits.head_timeout)
             phase = Phase.HEAD
         if phase is Phase.BODY:
-            self._push_deadline(self._limits.body_idle)
+            self._clock.push(self._limits.body_idle)
         else:
             self._count_head(data)
         queued = len(self._messages)
@@ -151,7 +141,7 @@ class CallerConnection(RequestHandler):
             self._parsed(self._messages[-1])
         elif self._head_bytes > self._limits.max_head_bytes and phase is not Phase.BODY:
             self._head_too_large()
-        if self._phase is Phase.BODY and self._body is not None and self._body.is_eof():
+        if self._clock.phase is Phase.BODY and self._body is not None and self._body.is_eof():
             self._body_complete()
 
     def _count_head(self, data: bytes) -> None:
@@ -171,7 +161,7 @@ class CallerConnection(RequestHandler):
             self._deaf = True
             self._enter(Phase.HANDLING)
             return
-        if self._phase is Phase.HANDLING:
+        if self._clock.phase is Phase.HANDLING:
             return  # pipelined behind a request in progress; aiohttp queues it
         self._responded = False
         self._awaiting_continue = False
@@ -198,13 +188,13 @@ class CallerConnection(RequestHandler):
 
     def pause_reading(self) -> None:
         super().pause_reading()
-        if self._phase is Phase.BODY:
-            self._disarm()  # the handler is not reading: the caller is not the slow one
+        if self._clock.phase is Phase.BODY:
+            self._clock.disarm()  # the handler is not reading: the caller is not the slow one
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         super().resume_reading(resume_parser)
-        if self._phase is Phase.BODY and not self._awaiting_continue:
-            self._push_deadline(self._limits.body_idle)
+        if self._clock.phase is Phase.BODY and not self._awaiting_continue:
+            self._clock.push(self._limits.body_idle)
 
     # -- answers out -------------------------------------------------------------------------
 
@@ -212,8 +202,8 @@ class CallerConnection(RequestHandler):
         if self._awaiting_continue and self.transport is not None:
             self._awaiting_continue = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            if self._phase is Phase.BODY:
-                self._push_deadline(self._limits.body_idle)
+            if self._clock.phase is Phase.BODY:
+                self._clock.push(self._limits.body_idle)
 
     def prepare_response(self, response: web.StreamResponse) -> None:
         """Last changes to a response's headers before they are written."""
@@ -261,7 +251,7 @@ class CallerConnection(RequestHandler):
             self._deaf = True
             body.feed_eof()
             self._body = None
-        if self._body is None and self._phase is not Phase.BODY:
+        if self._body is None and self._clock.phase is not Phase.BODY:
             self._enter_idle()
         return result
 
@@ -290,10 +280,7 @@ class CallerConnection(RequestHandler):
     # -- phases and their timer ---------------------------------------------------------------
 
     def _enter(self, phase: Phase, limit: float | None = None) -> None:
-        self._phase = phase
-        self._disarm()
-        if limit is not None:
-            self._push_deadline(limit)
+        self._clock.enter(phase, limit)
 
     def _enter_idle(self) -> None:
         if self._messages:
@@ -307,39 +294,12 @@ class CallerConnection(RequestHandler):
             if self._listener.draining:
                 self.close_if_idle()
 
-    def _push_deadline(self, limit: float) -> None:
-        """Move the deadline to ``limit`` from now; the timer only moves when it must fire
-        earlier, so a busy body costs one float store per chunk, not a timer per chunk."""
-        self._deadline = self._loop.time() + limit
-        if self._timer is not None and self._timer_at <= self._deadline:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = self._deadline
-        self._timer = self._loop.call_at(self._deadline, self._on_timer)
-
-    def _disarm(self) -> None:
-        self._deadline = math.inf
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = math.inf
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
-        if self._deadline == math.inf:
-            return
-        if self._loop.time() < self._deadline:
-            self._timer_at = self._deadline
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
-            return
-        self._deadline = math.inf
-        if self._phase is Phase.IDLE:
+    def _expired(self, phase: Phase) -> None:
+        if phase is Phase.IDLE:
             self.force_close()
-        elif self._phase is Phase.HEAD:
+        elif phase is Phase.HEAD:
             self._head_timed_out()
-        elif self._phase is Phase.BODY:
+        elif phase is Phase.BODY:
             self._body_timed_out()
 
     def _head_timed_out(self) -> None:
@@ -369,7 +329,7 @@ class CallerConnection(RequestHandler):
         self.close()
 
     def _head_too_large(self) -> None:
-        if self._phase is Phase.HEAD and not self._messages:
+        if self._clock.phase is Phase.HEAD and not self._messages:
             self._refuse(
                 RequestHeaderFieldsTooLarge(
                     f"the request head is larger than {self._limits.max_head_bytes} bytes"
@@ -385,7 +345,7 @@ class CallerConnection(RequestHandler):
         """Answer a request whose head never completed, and close the connection."""
         request_id = new_request_id()
         self._deaf = True
-        self._disarm()
+        self._clock.disarm()
         self._listener.refusal(error, request_id, "other")
         transport = self.transport
         if transport is None:
@@ -403,14 +363,14 @@ class CallerConnection(RequestHandler):
 
     def close_if_idle(self, since: float = math.inf) -> None:
         """Close the connection if it is between requests (and has been since ``since``)."""
-        if self._phase is Phase.IDLE and not self._messages and self._idle_since <= since:
+        if self._clock.phase is Phase.IDLE and not self._messages and self._idle_since <= since:
             self.force_close()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's signature
         # A request whose head or body is arriving, or that is being handled, finishes first
         # (each phase keeps its own time limit); its answer says Connection: close.
-        underway = self._phase is not Phase.IDLE or bool(self._messages)
-        if self._phase is Phase.HEAD and not self._head_bytes:
+        underway = self._clock.phase is not Phase.IDLE or bool(self._messages)
+        if self._clock.phase is Phase.HEAD and not self._head_bytes:
             underway = False  # connected, nothing sent yet
         deadline = None if timeout is None else self._loop.time() + timeout
         if self._admitted and underway:
