@@ -478,18 +478,22 @@ class Proxy:
         if outcome.maybe_delivered:
             exchange.maybe_delivered = True
         if not exchange.caller_stalled:
-            elapsed = clock.monotonic() - sent
-            self._observer.attempt(target.route, outcome.label, elapsed)
-            if self._practices is not None and outcome.kind is not OutcomeKind.CUT_BY_DEADLINE:
-                # One attempt's outcome for the availability ledger.
-                failed = outcome.kind is not OutcomeKind.RESPONSE
-                self._practices.observed(
-                    target.practice_id,
-                    None if failed else outcome.status,
-                    outcome.error() if failed else None,
-                    elapsed,
-                )
+            # Bookkeeping only (the breakers hear the outcome in Resilience.decide): done just
+            # after the answer is written, off the caller's critical path.
+            self._loop.call_soon(self._attempted, target, outcome, clock.monotonic() - sent)
         return ticket, outcome
+
+    def _attempted(self, target: Target, outcome: Outcome, elapsed: float) -> None:
+        """One attempt's outcome for the attempt metrics and the availability ledger."""
+        self._observer.attempt(target.route, outcome.label, elapsed)
+        if self._practices is not None and outcome.kind is not OutcomeKind.CUT_BY_DEADLINE:
+            failed = outcome.kind is not OutcomeKind.RESPONSE
+            self._practices.observed(
+                target.practice_id,
+                None if failed else outcome.status,
+                outcome.error() if failed else None,
+                elapsed,
+            )
 
     async def _stream(
         self, request: IncomingRequest, upstream: UpstreamResponse, exchange: Exchange
@@ -510,7 +514,8 @@ class Proxy:
                 # The fast path: the whole answer is in. Its connection goes back to the pool
                 # now, and head and body leave in one write.
                 upstream.release()
-                copies.tap_whole(body)
+                # The version tap reads the body after the answer is written.
+                self._loop.call_soon(copies.tap_whole, body)
                 return self._whole(upstream, headers, body, exchange)
         reply = Reply(upstream)
         try:
