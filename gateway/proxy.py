@@ -1,8 +1,8 @@
 """The request path: guard, limit, admit, attach the token, attempt (and retry), stream back.
 
-One handler serves every request on the proxy port (aiohttp's low-level server, so no router
-sits in front of it: ``CONNECT`` and ``*`` targets reach the guard instead of a 404). For each
-request, in order:
+One handler serves every request on the proxy port (the caller edge's own HTTP/1.1 server,
+:mod:`gateway.caller.http11`, with no router in front of it: ``CONNECT`` and ``*`` targets
+reach the guard instead of a 404). For each request, in order:
 
 1. the target guard (:mod:`gateway.routes`) and the caller's ``X-Gateway-Timeout``;
 2. the concurrency limits (:mod:`gateway.resilience.bulkhead`), held for the whole request;
@@ -10,8 +10,12 @@ request, in order:
    its outcome feeds the breakers; a retryable outcome is retried when the retry policy, the
    deadline and the retry budget all allow it (:mod:`gateway.resilience.retry`,
    :mod:`gateway.resilience.budget`);
-4. the response streams back. Nothing is buffered but aiohttp's read buffers and, when a
-   replay is possible, a small request body, so a 50 MB answer costs a few hundred kilobytes.
+4. the response streams back. Nothing is buffered but the connections' read buffers and,
+   when a replay is possible, a small request body, so a 50 MB answer costs a few hundred
+   kilobytes.
+
+Counting, logging and the availability ledger run just after the answer is written, never
+before it.
 
 Errors the gateway produces itself are problem+json with ``X-Gateway-Error``; answers from
 EXACT, errors included, pass through untouched.
@@ -23,7 +27,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 from multidict import CIMultiDict
 
 from gateway.access_log import AccessLog
@@ -87,7 +90,7 @@ def deadline_for(header: str | None, default: float) -> float:
     return min(asked, default)
 
 
-# Statuses whose answers never have a body: streamed as they are (the connection knows the rules).
+# Statuses whose answers never have a body: streamed as they are (the connection knows them).
 _NO_BODY = frozenset({204, 304})
 # A failed answer kept across a retry's wait, in case the retry is refused (bounded).
 RETAINED_ANSWER_BYTES = 65536
@@ -582,7 +585,7 @@ class Proxy:
         if length is not None and length <= self._replay_buffer_bytes:
             try:
                 return await request.read(), True
-            except (aiohttp.ClientError, ConnectionError) as exc:
+            except ConnectionError as exc:
                 raise CallerGone from exc
         return request.content, False
 
