@@ -1,0 +1,330 @@
+"""The proxy port's own HTTP/1.1 server against callers that break the protocol's rules.
+
+``gateway/caller/http11.py`` parses with httptools and frames every answer itself, so each
+rule an HTTP library used to keep for us is now ours: answers in order on a pipelined
+connection, HTTP/1.0 keep-alive and read-to-close bodies, chunked answers, no request
+smuggled past the parser, no tunnel, no body bytes read as a request, no body on HEAD, 204 or
+304, and a connection count that returns to zero whatever a caller does. Each test writes
+raw bytes on a real socket and reads the answer bytes as they come; the scripted upstream
+(or a raw asyncio peer, for answers no library would write) plays EXACT and records what
+reached it, which is how a smuggled request would show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from aiohttp import web
+
+from gateway.app import Gateway
+from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url, wait_until
+from tests.integration.test_caller_edge import FAST, PATIENCE, assert_problem, sample
+from tests.raw_peers import Peer, read_request
+
+PRACTICE = "/v1/Practices/UKTEST1"
+
+
+@dataclass
+class Reply:
+    """One answer as it came off the wire: fields in order (names lower case) and how its
+    body was delimited (``length``, ``chunked``, ``close`` or ``none``)."""
+
+    status: int
+    fields: list[tuple[str, str]]
+    body: bytes
+    framing: str
+    chunks: int = 0
+
+    def header(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        return [value for key, value in self.fields if key == name]
+
+    def problem(self, reason: str) -> None:
+        headers = {key: value for key, value in self.fields}
+        assert_problem(self.status, headers, self.body, reason)
+
+
+async def read_reply(
+    reader: asyncio.StreamReader, method: str = "GET", head: bytes | None = None
+) -> Reply:
+    """One answer, skipping 100 Continue, with its body read the way its head says
+    (``head``: the head, when the test has read it already)."""
+    while True:
+        if head is None:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+        lines = head.decode("latin-1").split("\r\n")
+        assert lines[0].startswith("HTTP/1.1 "), lines[0]
+        status = int(lines[0].split()[1])
+        fields = []
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                fields.append((name.strip().lower(), value.strip()))
+        if status >= 200:
+            break
+        head = None
+    reply = Reply(status, fields, b"", "none")
+    if method == "HEAD" or status in {204, 304}:
+        return reply
+    if reply.header("transfer-encoding") is not None:
+        assert reply.header("transfer-encoding") == "chunked"
+        assert reply.header("content-length") is None
+        reply.framing = "chunked"
+        parts = []
+        while True:
+            size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), PATIENCE)
+            size = int(size_line.strip(), 16)
+            if size == 0:
+                assert await asyncio.wait_for(reader.readuntil(b"\r\n"), PATIENCE) == b"\r\n"
+                break
+            parts.append(await asyncio.wait_for(reader.readexactly(size), PATIENCE))
+            assert await asyncio.wait_for(reader.readexactly(2), PATIENCE) == b"\r\n"
+            reply.chunks += 1
+        reply.body = b"".join(parts)
+    elif (length := reply.header("content-length")) is not None:
+        reply.framing = "length"
+        reply.body = await asyncio.wait_for(reader.readexactly(int(length)), PATIENCE)
+    else:
+        reply.framing = "close"
+        reply.body = await asyncio.wait_for(reader.read(), PATIENCE)
+    return reply
+
+
+async def closed_after(reader: asyncio.StreamReader) -> bytes:
+    """What the gateway still sends before it closes the connection (a reset counts)."""
+    try:
+        return await asyncio.wait_for(reader.read(), PATIENCE)
+    except ConnectionResetError:
+        return b""
+
+
+async def connect(gateway: Gateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", gateway.proxy_port)
+
+
+def get(path: str, *extra: str, version: str = "1.1") -> bytes:
+    fields = "".join(f"{line}\r\n" for line in ("Host: x", *extra))
+    return f"GET {path} HTTP/{version}\r\n{fields}\r\n".encode()
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    """EXACT that answers each request with its method, target and body: a caller sees
+    whose answer it got."""
+    body = await request.read()
+    return web.Response(body=f"{request.method} {request.raw_path}\n".encode() + body)
+
+
+def seen_targets(upstream: ScriptedUpstream) -> list[str]:
+    return [seen.raw_path for seen in upstream.seen]
+
+
+async def settled(gateway: Gateway) -> None:
+    """No caller connection open and nothing in flight: every resource was given back."""
+
+    async def released() -> bool:
+        return (
+            gateway.listener.open_connections == 0
+            and gateway.inflight == 0
+            and gateway.resilience.bulkhead.inflight == 0
+        )
+
+    await wait_until(released, PATIENCE)
+
+
+async def still_serves(gateway: Gateway) -> None:
+    """A new caller on a new connection is answered normally."""
+    reader, writer = await connect(gateway)
+    writer.write(get(f"{PRACTICE}/afterwards", "Connection: close"))
+    reply = await read_reply(reader)
+    writer.close()
+    assert reply.status == 200
+
+
+# -- pipelining --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2, 3])
+async def test_pipelined_requests_are_answered_in_order_behind_a_slow_one(
+    gateway: Gateway, upstream: ScriptedUpstream, count: int
+) -> None:
+    """Requests sent in one segment, the first held at EXACT: each answer comes back in
+    order, with its own request id and body; the later ones reach EXACT only after it."""
+    gate = asyncio.Event()
+
+    async def first_is_slow(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/slow"):
+            await gate.wait()
+        return await echo(request)
+
+    upstream.handler = first_is_slow
+    paths = [f"{PRACTICE}/slow"] + [f"{PRACTICE}/fast-{index}" for index in range(1, count)]
+    reader, writer = await connect(gateway)
+    writer.write(b"".join(get(path, f"X-Request-ID: pipe-{i}") for i, path in enumerate(paths)))
+
+    async def slow_one_arrived() -> bool:
+        return seen_targets(upstream) == paths[:1]
+
+    await wait_until(slow_one_arrived, PATIENCE)
+    gate.set()
+    for index, path in enumerate(paths):
+        reply = await read_reply(reader)
+        assert reply.status == 200
+        assert reply.all("x-request-id") == [f"pipe-{index}"]
+        assert reply.body == f"GET {path}\n".encode()
+        assert reply.header("connection") is None  # still kept alive
+    assert seen_targets(upstream) == paths
+    writer.close()
+
+
+async def test_a_pipelined_request_with_a_body_keeps_its_own_bytes(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    """A POST whose body spells a request, then a GET, in one segment: the body reaches EXACT
+    as the POST's body, and only the two real requests are made."""
+    upstream.handler = echo
+    hidden = get(f"{PRACTICE}/smuggled")
+    reader, writer = await connect(gateway)
+    writer.write(
+        f"POST {PRACTICE}/Patients/p/Contact HTTP/1.1\r\nHost: x\r\nX-Request-ID: post-1\r\n"
+        f"Content-Length: {len(hidden)}\r\n\r\n".encode()
+        + hidden
+        + get(f"{PRACTICE}/details", "X-Request-ID: get-2")
+    )
+    first = await read_reply(reader)
+    second = await read_reply(reader)
+    writer.close()
+    assert (first.status, first.header("x-request-id")) == (200, "post-1")
+    assert first.body == f"POST {PRACTICE}/Patients/p/Contact\n".encode() + hidden
+    assert (second.status, second.header("x-request-id")) == (200, "get-2")
+    assert second.body == f"GET {PRACTICE}/details\n".encode()
+    assert seen_targets(upstream) == [f"{PRACTICE}/Patients/p/Contact", f"{PRACTICE}/details"]
+    assert upstream.seen[0].body == hidden
+
+
+async def test_garbage_pipelined_behind_a_good_request_ends_the_connection_after_it(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    """The good request is answered (saying Connection: close), then the connection closes;
+    nothing after the garbage is read as a request."""
+    upstream.handler = echo
+    reader, writer = await connect(gateway)
+    writer.write(
+        get(f"{PRACTICE}/details", "X-Request-ID: good-1")
+        + b"\x16\x03\x01\x02\x00garbage\r\n\r\n"
+        + get(f"{PRACTICE}/after-garbage")
+    )
+    reply = await read_reply(reader)
+    assert (reply.status, reply.header("x-request-id")) == (200, "good-1")
+    assert reply.body == f"GET {PRACTICE}/details\n".encode()
+    assert reply.header("connection") == "close"
+    assert await closed_after(reader) == b""
+    writer.close()
+    assert seen_targets(upstream) == [f"{PRACTICE}/details"]
+
+
+# -- HTTP/1.0 ----------------------------------------------------------------------------------
+
+
+async def test_http10_without_keep_alive_is_answered_then_closed(gateway: Gateway) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(get(f"{PRACTICE}/details", version="1.0"))
+    reply = await read_reply(reader)
+    assert reply.status == 200
+    assert reply.framing == "length"
+    assert reply.header("connection") == "close"
+    assert await closed_after(reader) == b""
+    writer.close()
+
+
+async def test_http10_keep_alive_is_honoured_and_said(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    """``Connection: keep-alive`` from a 1.0 caller: the answer says so (1.0 closes by
+    default) and a second request on the same connection is answered."""
+    upstream.handler = echo
+    reader, writer = await connect(gateway)
+    for name in ("first", "second"):
+        writer.write(get(f"{PRACTICE}/{name}", "Connection: keep-alive", version="1.0"))
+        reply = await read_reply(reader)
+        assert reply.status == 200
+        assert reply.header("connection") == "keep-alive"
+        assert reply.body == f"GET {PRACTICE}/{name}\n".encode()
+    writer.close()
+
+
+def pieces(count: int, size: int) -> list[bytes]:
+    """Distinct pseudo-random pieces, so a lost, repeated or reordered byte shows."""
+    rng = random.Random(count * 7919 + size)
+    return [rng.randbytes(size) for _ in range(count)]
+
+
+@pytest.fixture
+def streaming(upstream: ScriptedUpstream) -> asyncio.Event:
+    """EXACT answers without Content-Length (chunked to the gateway): one piece, then the
+    rest once the returned event is set, so the gateway must stream the answer (it cannot
+    have the whole body when it writes the head). The pieces come from the X-Pieces header,
+    ``count:size``."""
+    release = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        count, size = map(int, request.headers["X-Pieces"].split(":"))
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for index, piece in enumerate(pieces(count, size)):
+            await response.write(piece)
+            if index == 0:
+                await release.wait()
+        await response.write_eof()
+        return response
+
+    upstream.handler = stream
+    upstream.record_bodies = False
+    return release
+
+
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["plain", "keep-alive"])
+async def test_an_answer_of_unknown_length_to_http10_ends_with_the_close(
+    gateway: Gateway, streaming: asyncio.Event, keep_alive: bool
+) -> None:
+    """HTTP/1.0 has no chunked coding: the body is delimited by the close, intact, and the
+    answer says Connection: close even when the caller asked to keep the connection."""
+    extra = ("X-Pieces: 8:3000", *(["Connection: keep-alive"] if keep_alive else []))
+    reader, writer = await connect(gateway)
+    writer.write(get(f"{PRACTICE}/Appointments", *extra, version="1.0"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    streaming.set()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nConnection: close\r\n" in head
+    assert b"Transfer-Encoding" not in head
+    assert b"Content-Length" not in head
+    assert await closed_after(reader) == b"".join(pieces(8, 3000))
+    writer.close()
+
+
+@pytest.mark.parametrize(("count", "size"), [(6, 1000), (80, 65536)], ids=["small", "5MiB"])
+async def test_an_answer_of_unknown_length_to_http11_is_chunked_exactly(
+    gateway: Gateway, streaming: asyncio.Event, count: int, size: int
+) -> None:
+    """The chunked coding decodes to EXACT's bytes, and the connection carries a next
+    request afterwards (so the last chunk was framed right)."""
+    reader, writer = await connect(gateway)
+    writer.write(get(f"{PRACTICE}/Appointments", f"X-Pieces: {count}:{size}"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    streaming.set()
+    assert b"\r\nTransfer-Encoding: chunked\r\n" in head
+    reply = await read_reply(reader, head=head)
+    assert reply.framing == "chunked"
+    assert reply.chunks > 1
+    assert reply.body == b"".join(pieces(count, size))
+    writer.write(get(f"{PRACTICE}/Appointments", "X-Pieces: 2:10"))
+    again = await read_reply(reader)
+    assert again.body == b"".join(pieces(2, 10))
+    writer.close()
