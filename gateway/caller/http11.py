@@ -265,11 +265,24 @@ class ProxyConnection(asyncio.Protocol):
         headers = CIMultiDictProxy(CIMultiDict(self._fields))
         length = headers.get("Content-Length")
         encoding = headers.get("Transfer-Encoding")
+        version = parser.get_http_version()
+        if encoding is not None and (encoding.lower() != "chunked" or version != "1.1"):
+            # llhttp takes any coding list that ends in chunked, and chunked in HTTP/1.0.
+            # Only chunked alone is ours to undo: "gzip, chunked" would reach EXACT as gzip
+            # bytes it was never told about; and a 1.0 message with Transfer-Encoding is
+            # faulty framing that a 1.0 hop reads as a body-less request (RFC 9112 6.1).
+            self._refusal = BadRequest("only Transfer-Encoding: chunked in HTTP/1.1 is accepted")
+            raise _Refused
+        if parser.should_upgrade() and (encoding is not None or int(length or 0) > 0):
+            # The parser hands over nothing after the head of an upgrade (or CONNECT)
+            # request, not even its body: forwarded, EXACT would get it without its body.
+            self._refusal = BadRequest("a request asking for an upgrade may not carry a body")
+            raise _Refused
         request = IncomingRequest(
             self,
             parser.get_method().decode("ascii"),
             b"".join(self._url).decode("utf-8", "surrogateescape"),
-            parser.get_http_version(),
+            version,
             headers,
             int(length) if length is not None and encoding is None else None,
             encoding is not None,

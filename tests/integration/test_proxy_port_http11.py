@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -48,7 +48,7 @@ class Reply:
         return [value for key, value in self.fields if key == name]
 
     def problem(self, reason: str) -> None:
-        headers = {key: value for key, value in self.fields}
+        headers = dict(self.fields)
         assert_problem(self.status, headers, self.body, reason)
 
 
@@ -106,8 +106,22 @@ async def closed_after(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
-async def connect(gateway: Gateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", gateway.proxy_port)
+Connect = Callable[[Gateway], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open caller connections to a gateway's proxy port; all are closed after the test."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def open_one(gateway: Gateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.proxy_port)
+        writers.append(writer)
+        return reader, writer
+
+    yield open_one
+    for writer in writers:
+        writer.close()
 
 
 def get(path: str, *extra: str, version: str = "1.1") -> bytes:
@@ -139,7 +153,7 @@ async def settled(gateway: Gateway) -> None:
     await wait_until(released, PATIENCE)
 
 
-async def still_serves(gateway: Gateway) -> None:
+async def still_serves(gateway: Gateway, connect: Connect) -> None:
     """A new caller on a new connection is answered normally."""
     reader, writer = await connect(gateway)
     writer.write(get(f"{PRACTICE}/afterwards", "Connection: close"))
@@ -153,7 +167,7 @@ async def still_serves(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize("count", [2, 3])
 async def test_pipelined_requests_are_answered_in_order_behind_a_slow_one(
-    gateway: Gateway, upstream: ScriptedUpstream, count: int
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream, count: int
 ) -> None:
     """Requests sent in one segment, the first held at EXACT: each answer comes back in
     order, with its own request id and body; the later ones reach EXACT only after it."""
@@ -185,7 +199,7 @@ async def test_pipelined_requests_are_answered_in_order_behind_a_slow_one(
 
 
 async def test_a_pipelined_request_with_a_body_keeps_its_own_bytes(
-    gateway: Gateway, upstream: ScriptedUpstream
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream
 ) -> None:
     """A POST whose body spells a request, then a GET, in one segment: the body reaches EXACT
     as the POST's body, and only the two real requests are made."""
@@ -210,7 +224,7 @@ async def test_a_pipelined_request_with_a_body_keeps_its_own_bytes(
 
 
 async def test_garbage_pipelined_behind_a_good_request_ends_the_connection_after_it(
-    gateway: Gateway, upstream: ScriptedUpstream
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream
 ) -> None:
     """The good request is answered (saying Connection: close), then the connection closes;
     nothing after the garbage is read as a request."""
@@ -233,7 +247,9 @@ async def test_garbage_pipelined_behind_a_good_request_ends_the_connection_after
 # -- HTTP/1.0 ----------------------------------------------------------------------------------
 
 
-async def test_http10_without_keep_alive_is_answered_then_closed(gateway: Gateway) -> None:
+async def test_http10_without_keep_alive_is_answered_then_closed(
+    gateway: Gateway, connect: Connect
+) -> None:
     reader, writer = await connect(gateway)
     writer.write(get(f"{PRACTICE}/details", version="1.0"))
     reply = await read_reply(reader)
@@ -245,7 +261,7 @@ async def test_http10_without_keep_alive_is_answered_then_closed(gateway: Gatewa
 
 
 async def test_http10_keep_alive_is_honoured_and_said(
-    gateway: Gateway, upstream: ScriptedUpstream
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream
 ) -> None:
     """``Connection: keep-alive`` from a 1.0 caller: the answer says so (1.0 closes by
     default) and a second request on the same connection is answered."""
@@ -292,7 +308,7 @@ def streaming(upstream: ScriptedUpstream) -> asyncio.Event:
 
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["plain", "keep-alive"])
 async def test_an_answer_of_unknown_length_to_http10_ends_with_the_close(
-    gateway: Gateway, streaming: asyncio.Event, keep_alive: bool
+    gateway: Gateway, connect: Connect, streaming: asyncio.Event, keep_alive: bool
 ) -> None:
     """HTTP/1.0 has no chunked coding: the body is delimited by the close, intact, and the
     answer says Connection: close even when the caller asked to keep the connection."""
@@ -311,7 +327,7 @@ async def test_an_answer_of_unknown_length_to_http10_ends_with_the_close(
 
 @pytest.mark.parametrize(("count", "size"), [(6, 1000), (80, 65536)], ids=["small", "5MiB"])
 async def test_an_answer_of_unknown_length_to_http11_is_chunked_exactly(
-    gateway: Gateway, streaming: asyncio.Event, count: int, size: int
+    gateway: Gateway, connect: Connect, streaming: asyncio.Event, count: int, size: int
 ) -> None:
     """The chunked coding decodes to EXACT's bytes, and the connection carries a next
     request afterwards (so the last chunk was framed right)."""
@@ -328,3 +344,181 @@ async def test_an_answer_of_unknown_length_to_http11_is_chunked_exactly(
     again = await read_reply(reader)
     assert again.body == b"".join(pieces(2, 10))
     writer.close()
+
+
+# -- request smuggling -------------------------------------------------------------------------
+
+HIDDEN = get(f"{PRACTICE}/smuggled")
+POST_HEAD = f"POST {PRACTICE}/Patients/p/Contact HTTP/1.1\r\nHost: x\r\n".encode()
+GET_HEAD = f"GET {PRACTICE}/details HTTP/1.1\r\nHost: x".encode()  # no line end yet
+CHUNKED_HIDING = b"0\r\n\r\n" + HIDDEN  # chunked: the body ends at once and HIDDEN follows
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        POST_HEAD
+        + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(CHUNKED_HIDING)
+        + CHUNKED_HIDING,
+        POST_HEAD
+        + b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n" % len(CHUNKED_HIDING)
+        + CHUNKED_HIDING,
+        POST_HEAD + b"Content-Length: 0\r\nContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+        POST_HEAD
+        + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(HIDDEN), len(HIDDEN))
+        + HIDDEN,
+        POST_HEAD + b"Content-Length: %d, 0\r\n\r\n" % len(HIDDEN) + HIDDEN,
+        POST_HEAD + b"Content-Length: +%d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+        POST_HEAD + b"Content-Length: 99999999999999999999999\r\n\r\n" + HIDDEN,
+        POST_HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n" + CHUNKED_HIDING,
+        POST_HEAD + b"Transfer-Encoding: chunked, gzip\r\n\r\n" + CHUNKED_HIDING,
+        POST_HEAD + b"Transfer-Encoding: chunked, chunked\r\n\r\n" + CHUNKED_HIDING,
+        POST_HEAD
+        + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + CHUNKED_HIDING,
+        POST_HEAD + b"Transfer-Encoding: xchunked\r\n\r\n" + CHUNKED_HIDING,
+        POST_HEAD + b"Transfer-Encoding: identity\r\n\r\n" + HIDDEN,
+        POST_HEAD + b"Transfer-Encoding : chunked\r\n\r\n" + CHUNKED_HIDING,
+        POST_HEAD + b"Transfer-Encoding: \x0bchunked\r\n\r\n" + CHUNKED_HIDING,
+        POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5;\nx\r\nhello\r\n" + CHUNKED_HIDING,
+        POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n" + HIDDEN,
+        # HTTP/1.0 has no chunked coding: a 1.0 parser would read HIDDEN as the next request.
+        f"POST {PRACTICE}/Patients/p/Contact HTTP/1.0\r\nHost: x\r\n".encode()
+        + b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+        + CHUNKED_HIDING,
+        # obs-fold: a parser that unfolds sees one X-A field; one that does not, a TE field.
+        POST_HEAD
+        + b"X-A: a\r\n Transfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n" % len(HIDDEN)
+        + HIDDEN,
+        get(f"{PRACTICE}/details", "X-A: a", " folded"),
+        # Bare LF and bare CR line endings: parsers that disagree on lines disagree on fields.
+        f"GET {PRACTICE}/details HTTP/1.1\nHost: x\n\n".encode() + HIDDEN,
+        GET_HEAD + b"\nContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+        GET_HEAD + b"\rContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+    ],
+    ids=[
+        "CL then TE",
+        "TE then CL",
+        "two Content-Lengths",
+        "two equal Content-Lengths",
+        "Content-Length list",
+        "Content-Length sign",
+        "Content-Length overflow",
+        "TE gzip, chunked",
+        "TE chunked, gzip",
+        "TE chunked twice",
+        "TE two fields",
+        "TE xchunked",
+        "TE identity",
+        "TE space before colon",
+        "TE vertical tab",
+        "chunk size bare LF",
+        "chunk size overflow",
+        "TE in HTTP/1.0",
+        "obs-fold hides TE",
+        "obs-fold",
+        "bare LF",
+        "bare LF in a field",
+        "bare CR in a field",
+    ],
+)
+async def test_ambiguous_framing_is_refused_and_nothing_hidden_reaches_exact(
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream, message: bytes
+) -> None:
+    """Each way to make two parsers disagree on where a request ends: 400 problem+json,
+    the connection closed, and neither the request nor the one hidden in it forwarded."""
+    reader, writer = await connect(gateway)
+    writer.write(message)
+    reply = await read_reply(reader)
+    assert reply.status == 400
+    reply.problem("bad_request")
+    assert reply.header("connection") == "close"
+    assert await closed_after(reader) == b""
+    writer.close()
+    assert upstream.seen == []
+    assert sample(gateway, "exact_gateway_rejected_requests_total", {"reason": "bad_request"}) == 1
+
+
+# -- CONNECT and Upgrade: never a tunnel ---------------------------------------------------------
+
+# What a tunnel would carry: a TLS ClientHello's first bytes, then a request in the clear.
+TUNNELLED = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + HIDDEN
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nContent-Length: 5\r\n\r\nhello",
+        f"CONNECT {PRACTICE}/details HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    ],
+    ids=["authority", "with a body", "origin-form"],
+)
+async def test_connect_is_refused_and_never_tunnelled(
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream, head: bytes
+) -> None:
+    """CONNECT gets 400 and a close; the bytes after it are neither relayed nor parsed."""
+    reader, writer = await connect(gateway)
+    writer.write(head + TUNNELLED)
+    reply = await read_reply(reader)
+    assert reply.status == 400
+    reply.problem("bad_request")
+    assert reply.header("connection") == "close"
+    assert await closed_after(reader) == b""
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__",
+    ],
+    ids=["websocket", "h2c"],
+)
+async def test_an_upgrade_is_forwarded_without_it_and_never_tunnelled(
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream, upgrade: str
+) -> None:
+    """An upgrade request is answered as a plain request (EXACT never sees the Upgrade), not
+    101; the connection closes after the answer, so the frames that follow are never read as
+    HTTP."""
+    upstream.handler = echo
+    reader, writer = await connect(gateway)
+    writer.write(
+        f"GET {PRACTICE}/details HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n\r\n".encode()
+        + b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"  # a masked websocket text frame
+        + HIDDEN
+    )
+    reply = await read_reply(reader)
+    assert reply.status == 200
+    assert reply.body == f"GET {PRACTICE}/details\n".encode()
+    assert reply.header("upgrade") is None
+    assert reply.header("connection") == "close"
+    assert await closed_after(reader) == b""
+    assert seen_targets(upstream) == [f"{PRACTICE}/details"]
+    assert upstream.seen[0].header("upgrade") is None
+    assert upstream.seen[0].header("http2-settings") is None
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 11\r\n\r\nhello world",
+        b"Transfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
+    ],
+    ids=["length", "chunked"],
+)
+async def test_an_upgrade_request_with_a_body_is_refused_not_sent_without_it(
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream, framing: bytes
+) -> None:
+    """The parser stops at the head of an upgrade request and never delivers its body: such
+    a POST must be refused, not forwarded with its body silently dropped."""
+    reader, writer = await connect(gateway)
+    writer.write(POST_HEAD + b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + framing + HIDDEN)
+    reply = await read_reply(reader)
+    assert reply.status == 400
+    reply.problem("bad_request")
+    assert reply.header("connection") == "close"
+    assert await closed_after(reader) == b""
+    assert upstream.seen == []
