@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -22,8 +24,9 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Gateway
+from gateway.caller.http11 import Phase
 from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url, wait_until
-from tests.integration.test_caller_edge import FAST, PATIENCE, assert_problem, sample
+from tests.integration.test_caller_edge import PATIENCE, answered, assert_problem, sample
 from tests.raw_peers import Peer, read_request
 
 PRACTICE = "/v1/Practices/UKTEST1"
@@ -291,6 +294,8 @@ def streaming(upstream: ScriptedUpstream) -> asyncio.Event:
     release = asyncio.Event()
 
     async def stream(request: web.Request) -> web.StreamResponse:
+        if "X-Pieces" not in request.headers:
+            return await echo(request)
         count, size = map(int, request.headers["X-Pieces"].split(":"))
         response = web.StreamResponse()
         await response.prepare(request)
@@ -522,3 +527,154 @@ async def test_an_upgrade_request_with_a_body_is_refused_not_sent_without_it(
     assert reply.header("connection") == "close"
     assert await closed_after(reader) == b""
     assert upstream.seen == []
+
+
+# -- answered before the body was read --------------------------------------------------------
+
+# 200 KiB of body that spells requests: if any of it were read as HTTP, EXACT would see them.
+REQUESTS_IN_BODY = get(f"{PRACTICE}/in-body") * (200 * 1024 // len(get(f"{PRACTICE}/in-body")))
+
+
+def chunked(body: bytes, size: int = 8192) -> bytes:
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: %d\r\n\r\n" % len(REQUESTS_IN_BODY) + REQUESTS_IN_BODY,
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunked(REQUESTS_IN_BODY),
+    ],
+    ids=["length", "chunked"],
+)
+@pytest.mark.parametrize(
+    "refused",
+    [
+        (f"POST {PRACTICE}//details HTTP/1.1", 400, "bad_request"),
+        (f"PROPFIND {PRACTICE}/details HTTP/1.1", 405, "method_not_allowed"),
+    ],
+    ids=["bad target", "bad method"],
+)
+async def test_a_body_never_read_is_never_parsed_as_requests(
+    gateway: Gateway,
+    connect: Connect,
+    upstream: ScriptedUpstream,
+    framing: bytes,
+    refused: tuple[str, int, str],
+) -> None:
+    """A 200 KiB body refused on its head alone, with a request pipelined behind it: the
+    refusal arrives, then the next request is answered (or the connection closes); no
+    request spelled inside the body reaches EXACT."""
+    line, status, reason = refused
+    upstream.handler = echo
+    reader, writer = await connect(gateway)
+    writer.write(
+        f"{line}\r\nHost: x\r\n".encode() + framing + get(f"{PRACTICE}/next", "X-Request-ID: nx")
+    )
+    reply = await read_reply(reader)
+    assert reply.status == status
+    reply.problem(reason)
+    try:
+        after = await read_reply(reader)
+    except asyncio.IncompleteReadError as closed:
+        assert closed.partial == b""  # closed between answers, never mid-answer
+        assert upstream.seen == []
+    else:
+        assert (after.status, after.header("x-request-id")) == (200, "nx")
+        assert after.body == f"GET {PRACTICE}/next\n".encode()
+        assert seen_targets(upstream) == [f"{PRACTICE}/next"]
+
+
+# -- callers that leave --------------------------------------------------------------------------
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Leave with a reset, as a killed client does (no FIN, unread bytes dropped)."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("leave", ["close", "reset"])
+@pytest.mark.parametrize(
+    ("upload", "streamed"),
+    [
+        (b"Content-Length: 1000\r\n\r\n" + b"{" * 300, False),  # buffered for a replay
+        (b"Content-Length: 10000000\r\n\r\n" + b"{" * 300_000, True),
+        (b"Transfer-Encoding: chunked\r\n\r\n" + b"ffff\r\n" + b"{" * 30_000, True),
+    ],
+    ids=["buffered", "streamed", "chunked"],
+)
+async def test_a_caller_that_leaves_mid_upload_costs_nothing_after(
+    gateway: Gateway, connect: Connect, upload: bytes, streamed: bool, leave: str
+) -> None:
+    """Half a body, then the caller is gone (while the gateway reads it, or while it streams
+    to EXACT): the request is logged 499, its connection, slot and in-flight count are given
+    back, and the next caller is served."""
+    reader, writer = await connect(gateway)
+    writer.write(POST_HEAD + upload)
+    await writer.drain()
+
+    async def arrived() -> bool:
+        reading = any(c.phase is Phase.BODY for c in gateway.listener.connections)
+        return reading and (not streamed or gateway.inflight == 1)
+
+    await wait_until(arrived, PATIENCE)
+    if leave == "reset":
+        reset(writer)
+    else:
+        writer.close()
+    await settled(gateway)
+
+    async def counted() -> bool:
+        return answered(gateway, 499) == 1
+
+    await wait_until(counted, PATIENCE)
+    await still_serves(gateway, connect)
+
+
+async def test_a_caller_that_leaves_mid_answer_costs_nothing_after(
+    gateway: Gateway, connect: Connect, streaming: asyncio.Event
+) -> None:
+    """A caller resets its connection while a 128 MiB answer streams to it: the upstream
+    exchange is dropped, the request logged 499, and everything is given back."""
+    reader, writer = await connect(gateway)
+    writer.write(get(f"{PRACTICE}/Appointments", "X-Pieces: 2000:65536"))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    streaming.set()
+    await asyncio.wait_for(reader.readexactly(200_000), PATIENCE)
+    reset(writer)
+    await settled(gateway)
+
+    async def counted() -> bool:
+        return answered(gateway, 499) == 1
+
+    await wait_until(counted, PATIENCE)
+    await still_serves(gateway, connect)
+
+
+# -- answers without a body ------------------------------------------------------------------
+
+
+async def test_head_gets_the_head_only_with_exacts_length(
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream
+) -> None:
+    """HEAD, pipelined with a GET: the HEAD answer keeps EXACT's Content-Length and has no
+    body bytes (the GET's answer starts right after its head); the gateway's own refusal of
+    a HEAD has none either."""
+    upstream.handler = echo
+    reader, writer = await connect(gateway)
+    writer.write(
+        f"HEAD {PRACTICE}/details HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        + f"HEAD {PRACTICE}//details HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        + get(f"{PRACTICE}/next")
+    )
+    head = await read_reply(reader, "HEAD")
+    assert head.status == 200
+    assert head.header("content-length") == str(len(f"HEAD {PRACTICE}/details\n"))
+    refused = await read_reply(reader, "HEAD")
+    assert refused.status == 400
+    assert int(refused.header("content-length") or 0) > 0
+    after = await read_reply(reader)  # would fail on a stray body byte before its head
+    assert (after.status, after.body) == (200, f"GET {PRACTICE}/next\n".encode())
