@@ -491,6 +491,11 @@ class ProxyConnection(asyncio.Protocol):
     ) -> AnswerStream:
         extra = "" if "Date" in headers else self._listener.date_field()
         silent = request.method == "HEAD" or status in NO_BODY_STATUSES
+        if status == 204 and "Content-Length" in headers:
+            # Never on a 204 (RFC 9110 8.6), whatever EXACT sent: a client that believes it
+            # waits for body bytes that never come. (A 304's states the 200's length: kept.)
+            headers = headers.copy()
+            del headers["Content-Length"]
         chunked = False
         if not silent and "Content-Length" not in headers:
             if request.version == "1.1":

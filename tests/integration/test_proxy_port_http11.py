@@ -13,7 +13,6 @@ reached it, which is how a smuggled request would show.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import socket
 import struct
@@ -25,7 +24,7 @@ from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.caller.http11 import Phase
-from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, proxy_url, wait_until
+from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, wait_until
 from tests.integration.test_caller_edge import PATIENCE, answered, assert_problem, sample
 from tests.raw_peers import Peer, read_request
 
@@ -575,12 +574,12 @@ async def test_a_body_never_read_is_never_parsed_as_requests(
     reply = await read_reply(reader)
     assert reply.status == status
     reply.problem(reason)
-    try:
-        after = await read_reply(reader)
-    except asyncio.IncompleteReadError as closed:
-        assert closed.partial == b""  # closed between answers, never mid-answer
+    start = await asyncio.wait_for(reader.read(5), PATIENCE)
+    if start == b"":  # closed between answers (never mid-answer: read_reply checked)
         assert upstream.seen == []
     else:
+        head = start + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+        after = await read_reply(reader, head=head)
         assert (after.status, after.header("x-request-id")) == (200, "nx")
         assert after.body == f"GET {PRACTICE}/next\n".encode()
         assert seen_targets(upstream) == [f"{PRACTICE}/next"]
@@ -612,7 +611,7 @@ async def test_a_caller_that_leaves_mid_upload_costs_nothing_after(
     """Half a body, then the caller is gone (while the gateway reads it, or while it streams
     to EXACT): the request is logged 499, its connection, slot and in-flight count are given
     back, and the next caller is served."""
-    reader, writer = await connect(gateway)
+    _reader, writer = await connect(gateway)
     writer.write(POST_HEAD + upload)
     await writer.drain()
 
@@ -678,3 +677,69 @@ async def test_head_gets_the_head_only_with_exacts_length(
     assert int(refused.header("content-length") or 0) > 0
     after = await read_reply(reader)  # would fail on a stray body byte before its head
     assert (after.status, after.body) == (200, f"GET {PRACTICE}/next\n".encode())
+
+
+# What a misbehaving EXACT sends, by the target's last segment (raw bytes, no library).
+MISBEHAVING = {
+    "no-content": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+    "not-modified": b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nTransfer-Encoding: chunked\r\n'
+    b"\r\n5\r\nhello\r\n0\r\n\r\n",
+    "no-date": b"HTTP/1.1 200 OK\r\nServer: nginx/1.25.3\r\nContent-Length: 2\r\n\r\n{}",
+    "streamed-no-date": b"HTTP/1.1 200 OK\r\nServer: nginx/1.25.3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n" + chunked(b"x" * 300_000, 65536),
+}
+
+
+@pytest.fixture
+async def raw_exact(
+    upstream: ScriptedUpstream, start_gateway: GatewayFactory
+) -> AsyncIterator[Gateway]:
+    """A gateway in front of a raw EXACT that answers with MISBEHAVING's bytes (an echo of
+    the target otherwise); tokens come from the scripted identity server."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            request = await read_request(reader)
+            name = request.target.rsplit("/", 1)[-1]
+            body = request.target.encode()
+            writer.write(
+                MISBEHAVING.get(name)
+                or b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+            await writer.drain()
+
+    peer = await Peer(serve).start()
+    settings = gateway_settings(peer.url, token_url=f"{upstream.url}/connect/token")
+    yield await start_gateway(settings)
+    await peer.stop()
+
+
+@pytest.mark.parametrize("name", ["no-content", "not-modified"])
+async def test_204_and_304_never_carry_a_body_even_when_exact_sends_one(
+    raw_exact: Gateway, connect: Connect, name: str
+) -> None:
+    """EXACT sends body bytes after a 204 or 304: the caller gets the head alone (and no
+    framing field that promises a body), and the next answer on its connection is intact."""
+    reader, writer = await connect(raw_exact)
+    writer.write(get(f"{PRACTICE}/{name}") + get(f"{PRACTICE}/next"))
+    reply = await read_reply(reader)
+    assert reply.status in {204, 304}
+    assert reply.header("transfer-encoding") is None
+    if reply.status == 204:
+        assert reply.header("content-length") is None  # RFC 9110 8.6: never on a 204
+    after = await read_reply(reader)  # would fail on a stray body byte before its head
+    assert (after.status, after.body) == (200, f"{PRACTICE}/next".encode())
+
+
+@pytest.mark.parametrize("name", ["no-date", "streamed-no-date"])
+async def test_an_answer_without_date_from_exact_gets_one(
+    raw_exact: Gateway, connect: Connect, name: str
+) -> None:
+    """EXACT's relay names its software and sends no Date: the caller gets one Date (the
+    gateway's) and no Server, whether the answer is written whole or streamed."""
+    reader, writer = await connect(raw_exact)
+    writer.write(get(f"{PRACTICE}/{name}"))
+    reply = await read_reply(reader)
+    assert reply.status == 200
+    assert len(reply.all("date")) == 1
+    assert reply.all("server") == []
