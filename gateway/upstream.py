@@ -103,8 +103,11 @@ def response_headers(incoming: Iterable[tuple[str, str]], request_id: str) -> CI
         lower = name.lower()
         # EXACT's Server field names the relay's software and version: of no use to a
         # caller and of use to an attacker (nginx drops it the same way).
-        if lower not in {"x-request-id", "server"} and not is_hop_by_hop(lower, declared):
-            out.add(name, value)
+        if lower in {"x-request-id", "server"} or is_hop_by_hop(lower, declared):
+            continue
+        if lower == "date" and "Date" in out:
+            continue  # Date is a single field: a second one (a broken relay) is dropped
+        out.add(name, value)
     out["X-Request-ID"] = request_id
     return out
 

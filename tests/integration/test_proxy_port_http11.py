@@ -684,6 +684,8 @@ MISBEHAVING = {
     "no-content": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
     "not-modified": b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nTransfer-Encoding: chunked\r\n'
     b"\r\n5\r\nhello\r\n0\r\n\r\n",
+    "two-dates": b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+    b"Date: Tue, 02 Jan 2024 00:00:00 GMT\r\nContent-Length: 2\r\n\r\n{}",
     "no-date": b"HTTP/1.1 200 OK\r\nServer: nginx/1.25.3\r\nContent-Length: 2\r\n\r\n{}",
     "streamed-no-date": b"HTTP/1.1 200 OK\r\nServer: nginx/1.25.3\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n" + chunked(b"x" * 300_000, 65536),
@@ -731,15 +733,37 @@ async def test_204_and_304_never_carry_a_body_even_when_exact_sends_one(
     assert (after.status, after.body) == (200, f"{PRACTICE}/next".encode())
 
 
-@pytest.mark.parametrize("name", ["no-date", "streamed-no-date"])
-async def test_an_answer_without_date_from_exact_gets_one(
+@pytest.mark.parametrize("name", ["no-date", "streamed-no-date", "two-dates"])
+async def test_an_answer_from_exact_without_date_or_with_two_gets_one(
     raw_exact: Gateway, connect: Connect, name: str
 ) -> None:
-    """EXACT's relay names its software and sends no Date: the caller gets one Date (the
-    gateway's) and no Server, whether the answer is written whole or streamed."""
+    """EXACT's relay names its software and sends no Date, or two: the caller gets one
+    Date and no Server, whether the answer is written whole or streamed."""
     reader, writer = await connect(raw_exact)
     writer.write(get(f"{PRACTICE}/{name}"))
     reply = await read_reply(reader)
     assert reply.status == 200
     assert len(reply.all("date")) == 1
     assert reply.all("server") == []
+
+
+async def test_exacts_server_field_is_dropped_and_each_answer_has_one_date(
+    gateway: Gateway, connect: Connect, streaming: asyncio.Event
+) -> None:
+    """EXACT (aiohttp here) sends Server and Date: whole, streamed and refused answers alike
+    carry one Date and no Server, on one keep-alive connection."""
+    reader, writer = await connect(gateway)
+    writer.write(get(f"{PRACTICE}/details"))
+    whole = await read_reply(reader)
+    writer.write(get(f"{PRACTICE}/Appointments", "X-Pieces: 4:20000"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    streaming.set()
+    streamed = await read_reply(reader, head=head)
+    writer.write(f"PROPFIND {PRACTICE}/details HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    refused = await read_reply(reader)
+    assert (whole.status, whole.framing) == (200, "length")
+    assert (streamed.status, streamed.framing) == (200, "chunked")
+    assert refused.status == 405
+    for reply in (whole, streamed, refused):
+        assert len(reply.all("date")) == 1
+        assert reply.all("server") == []
