@@ -101,6 +101,7 @@ class ProxyConnection(asyncio.Protocol):
         self._deaf = False  # further bytes are ignored: refused, cut off, or unparseable
         self._close_after = False  # the current answer is the connection's last
         self._closed = False
+        self._caller_done = False  # the caller half-closed: nothing more will arrive
         # The head being parsed.
         self._in_head = False
         self._head_began_now = False
@@ -183,6 +184,15 @@ class ProxyConnection(asyncio.Protocol):
             self._admitted = False
             self._listener.connections.discard(self)
             self._listener.released()
+
+    def eof_received(self) -> bool | None:
+        """The caller shut its sending side: requests it sent in full are still answered
+        (they may have reached EXACT already), then the connection closes; anything else
+        (nothing sent, a head or body cut short) closes it now."""
+        self._caller_done = True
+        if self._active is None or self._in_head or self._parsing is not None:
+            return None
+        return True
 
     # -- bytes in ----------------------------------------------------------------------------
 
@@ -458,6 +468,7 @@ class ProxyConnection(asyncio.Protocol):
             or self._listener.draining
             or self.cut_off is not None
             or self._awaiting_continue
+            or (self._caller_done and not self._queue)
         )
         if close:
             self._close_after = True

@@ -653,6 +653,51 @@ async def test_a_caller_that_leaves_mid_answer_costs_nothing_after(
     await still_serves(gateway, connect)
 
 
+@pytest.mark.parametrize("count", [1, 3])
+async def test_a_caller_that_half_closes_after_its_requests_gets_every_answer(
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream, count: int
+) -> None:
+    """Requests sent in full, then the caller shuts its sending side (``shutdown(SHUT_WR)``,
+    as ``nc -N`` and some scripts do): each request is answered in order, the last saying
+    Connection: close, then the connection closes. Before, the half-close closed the
+    connection at once: a POST was carried out at EXACT and its answer never written."""
+    upstream.handler = echo
+    paths = [f"{PRACTICE}/Patients/p/Contact-{index}" for index in range(count)]
+    reader, writer = await connect(gateway)
+    writer.write(
+        b"".join(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+            for path in paths
+        )
+    )
+    writer.write_eof()
+    for index, path in enumerate(paths):
+        reply = await read_reply(reader)
+        assert (reply.status, reply.body) == (200, f"POST {path}\n{{}}".encode())
+        last = index == count - 1
+        assert (reply.header("connection") == "close") is last
+    assert await closed_after(reader) == b""
+    assert seen_targets(upstream) == paths
+    await settled(gateway)
+
+
+async def test_a_half_close_mid_body_ends_the_request_as_gone(
+    gateway: Gateway, connect: Connect
+) -> None:
+    """A body that can never be completed: the request is logged 499 and the connection
+    closes, unanswered."""
+    reader, writer = await connect(gateway)
+    writer.write(POST_HEAD + b"Content-Length: 100\r\n\r\n{")
+    writer.write_eof()
+    assert await closed_after(reader) == b""
+    await settled(gateway)
+
+    async def counted() -> bool:
+        return answered(gateway, 499) == 1
+
+    await wait_until(counted, PATIENCE)
+
+
 # -- answers without a body ------------------------------------------------------------------
 
 
