@@ -167,7 +167,7 @@ async def still_serves(gateway: Gateway, connect: Connect) -> None:
 # -- pipelining --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("count", [2, 3, 50])
 async def test_pipelined_requests_are_answered_in_order_behind_a_slow_one(
     gateway: Gateway, connect: Connect, upstream: ScriptedUpstream, count: int
 ) -> None:
