@@ -18,9 +18,15 @@ connection is in:
 A request cut off for the caller's slowness gets ``408 request_timeout`` while an answer is
 still possible and is logged as 499 otherwise (:attr:`ProxyConnection.cut_off` tells the
 handler). ``Expect: 100-continue`` is answered when the handler first wants the body; a
-request answered without its body closes the connection. Pipelined requests are parsed one
-ahead at most (reading pauses) and answered in order. Refusals made before a head is
-complete are the contract's problem+json, quoting nothing the caller sent.
+request answered without its body has the rest read and dropped (for ``LINGER_SECONDS`` at
+most) so the connection carries the next request, or is closed if the caller still waits
+for a 100. Pipelined requests are queued
+(reading pauses while any wait) and answered in order; a caller that half-closes after
+sending them still gets every answer. Framing llhttp would accept but the gateway cannot
+pass on unchanged is refused: a transfer coding other than chunked alone, any in HTTP/1.0,
+and an upgrade or CONNECT request with a body (llhttp never hands that body over). Refusals
+made before a head is complete are the contract's problem+json, quoting nothing the caller
+sent.
 """
 
 from __future__ import annotations

@@ -252,6 +252,7 @@ async def test_garbage_pipelined_behind_a_good_request_ends_the_connection_after
 async def test_http10_without_keep_alive_is_answered_then_closed(
     gateway: Gateway, connect: Connect
 ) -> None:
+    """HTTP/1.0 closes by default: the answer says Connection: close, then it closes."""
     reader, writer = await connect(gateway)
     writer.write(get(f"{PRACTICE}/details", version="1.0"))
     reply = await read_reply(reader)
