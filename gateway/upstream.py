@@ -130,6 +130,8 @@ def response_headers(incoming: Iterable[tuple[str, str]], request_id: str) -> CI
         if declared:
             kept = [pair for pair, lower in zip(kept, lowers, strict=True) if lower not in declared]
     out = CIMultiDict(kept)
+    if lowers.count("date") > 1 and len(dates := out.getall("Date", [])) > 1:
+        out["Date"] = dates[0]  # a single field: a broken relay's second is dropped
     out["X-Request-ID"] = request_id
     return out
 

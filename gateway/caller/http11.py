@@ -18,9 +18,15 @@ connection is in:
 A request cut off for the caller's slowness gets ``408 request_timeout`` while an answer is
 still possible and is logged as 499 otherwise (:attr:`ProxyConnection.cut_off` tells the
 handler). ``Expect: 100-continue`` is answered when the handler first wants the body; a
-request answered without its body closes the connection. Pipelined requests are parsed one
-ahead at most (reading pauses) and answered in order. Refusals made before a head is
-complete are the contract's problem+json, quoting nothing the caller sent.
+request answered without its body has the rest read and dropped (for ``LINGER_SECONDS`` at
+most) so the connection carries the next request, or is closed if the caller still waits
+for a 100. Pipelined requests are queued
+(reading pauses while any wait) and answered in order; a caller that half-closes after
+sending them still gets every answer. Framing llhttp would accept but the gateway cannot
+pass on unchanged is refused: a transfer coding other than chunked alone, any in HTTP/1.0,
+and an upgrade or CONNECT request with a body (llhttp never hands that body over). Refusals
+made before a head is complete are the contract's problem+json, quoting nothing the caller
+sent.
 """
 
 from __future__ import annotations
@@ -101,6 +107,7 @@ class ProxyConnection(asyncio.Protocol):
         self._deaf = False  # further bytes are ignored: refused, cut off, or unparseable
         self._close_after = False  # the current answer is the connection's last
         self._closed = False
+        self._caller_done = False  # the caller half-closed: nothing more will arrive
         # The head being parsed.
         self._in_head = False
         self._head_began_now = False
@@ -184,19 +191,14 @@ class ProxyConnection(asyncio.Protocol):
             self._listener.connections.discard(self)
             self._listener.released()
 
-    def eof_received(self) -> bool:
-        """The caller will send nothing more (a half-close): a request under way still gets
-        its answer, then the connection closes; an idle one closes now."""
-        self._deaf = True
-        self._close_after = True
-        gone = ConnectionResetError("the caller closed its side mid-request")
-        for request in (self._parsing, *self._queue):
-            if request is not None and request.body is not None:
-                request.body.set_exception(gone)
-        if self._active is None:
-            self._close()
-            return False
-        return True  # keep the transport open to write the answer
+    def eof_received(self) -> bool | None:
+        """The caller shut its sending side: requests it sent in full are still answered
+        (they may have reached EXACT already), then the connection closes; anything else
+        (nothing sent, a head or body cut short) closes it now."""
+        self._caller_done = True
+        if self._active is None or self._in_head or self._parsing is not None:
+            return None
+        return True
 
     # -- bytes in ----------------------------------------------------------------------------
 
@@ -279,11 +281,24 @@ class ProxyConnection(asyncio.Protocol):
         headers = CIMultiDictProxy(CIMultiDict(self._fields))
         length = headers.get("Content-Length")
         encoding = headers.get("Transfer-Encoding")
+        version = parser.get_http_version()
+        if encoding is not None and (encoding.lower() != "chunked" or version != "1.1"):
+            # llhttp takes any coding list that ends in chunked, and chunked in HTTP/1.0.
+            # Only chunked alone is ours to undo: "gzip, chunked" would reach EXACT as gzip
+            # bytes it was never told about; and a 1.0 message with Transfer-Encoding is
+            # faulty framing that a 1.0 hop reads as a body-less request (RFC 9112 6.1).
+            self._refusal = BadRequest("only Transfer-Encoding: chunked in HTTP/1.1 is accepted")
+            raise _Refused
+        if parser.should_upgrade() and (encoding is not None or int(length or 0) > 0):
+            # The parser hands over nothing after the head of an upgrade (or CONNECT)
+            # request, not even its body: forwarded, EXACT would get it without its body.
+            self._refusal = BadRequest("a request asking for an upgrade may not carry a body")
+            raise _Refused
         request = IncomingRequest(
             self,
             parser.get_method().decode("ascii"),
             b"".join(self._url).decode("utf-8", "surrogateescape"),
-            parser.get_http_version(),
+            version,
             headers,
             int(length) if length is not None and encoding is None else None,
             encoding is not None,
@@ -459,6 +474,7 @@ class ProxyConnection(asyncio.Protocol):
             or self._listener.draining
             or self.cut_off is not None
             or self._awaiting_continue
+            or (self._caller_done and not self._queue)
         )
         if close:
             self._close_after = True
@@ -492,6 +508,11 @@ class ProxyConnection(asyncio.Protocol):
     ) -> AnswerStream:
         extra = "" if "Date" in headers else self._listener.date_field()
         silent = request.method == "HEAD" or status in NO_BODY_STATUSES
+        if status == 204 and "Content-Length" in headers:
+            # Never on a 204 (RFC 9110 8.6), whatever EXACT sent: a client that believes it
+            # waits for body bytes that never come. (A 304's states the 200's length: kept.)
+            headers = headers.copy()
+            del headers["Content-Length"]
         chunked = False
         if not silent and "Content-Length" not in headers:
             if request.version == "1.1":
