@@ -161,7 +161,7 @@ class Gateway:
         policies = settings.policies()
         # Jitter, not secrecy: an ordinary PRNG, seeded from the OS so replicas differ.
         rng = rng if rng is not None else random.Random()  # noqa: S311
-        metrics = build_metrics(settings.environment.value, registry)
+        metrics = build_metrics(settings.environment.value, registry, clock.wall)
         resilience = Resilience(policies.resilience, metrics, clock=clock, rng=rng)
         state = GatewayState(settings.environment.value, policies.lifecycle, resilience.bulkhead)
         metrics.inflight.set_function(lambda: state.inflight)

@@ -81,6 +81,7 @@ class GatewayError(Exception):
     # The constant parts of the problem body, JSON-encoded once per class (problem_body).
     _body_head: ClassVar[str] = ""
     _body_reason: ClassVar[str] = ""
+    _generic_problem: ClassVar[bool] = True  # no extra fields: problem_body's cheap path
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -93,6 +94,7 @@ class GatewayError(Exception):
             f' "title": {_json_string(cls.title)}, "status": {int(cls.status)}, "detail": '
         )
         cls._body_reason = f', "reason": {_json_string(cls.reason)}, "request_id": '
+        cls._generic_problem = cls.problem is GatewayError.problem
 
     def __init__(
         self,
@@ -146,20 +148,17 @@ class GatewayError(Exception):
         each string goes through the same C escaping ``json.dumps`` uses (ASCII only, so a
         hostile detail or id cannot break out of its string). Gateway-made answers (an open
         breaker's above all) are meant to be far cheaper than a proxied request."""
-        if type(self).problem is not GatewayError.problem:
+        if not self._generic_problem:
             return json.dumps(self.problem(request_id)).encode()  # extra fields: generic path
-        parts = [
-            self._body_head,
-            _json_string(self.detail),
-            self._body_reason,
-            _json_string(request_id),
-        ]
+        body = (
+            f"{self._body_head}{_json_string(self.detail)}"
+            f"{self._body_reason}{_json_string(request_id)}"
+        )
         if self.practice_id is not None:
-            parts += (', "practice_id": ', _json_string(self.practice_id))
+            body = f'{body}, "practice_id": {_json_string(self.practice_id)}'
         if self.retry_after is not None:
-            parts += (', "retry_after": ', str(max(0, math.ceil(self.retry_after))))
-        parts.append("}")
-        return "".join(parts).encode("ascii")
+            body = f'{body}, "retry_after": {max(0, math.ceil(self.retry_after))}'
+        return f"{body}}}".encode("ascii")
 
 
 GatewayError._encode_constants()  # subclasses encode theirs in __init_subclass__
@@ -264,6 +263,21 @@ class CircuitOpen(GatewayError):
     status = 503
     reason = "circuit_open"
     title = "The practice is failing; calls are paused"
+
+    @classmethod
+    def for_practice(cls, practice_id: str, retry_after: float) -> CircuitOpen:
+        """The error an open practice breaker answers with, made without the generic
+        keyword path of ``__init__`` (half its cost): in an outage this is the gateway's most
+        frequent answer. Same attributes as ``CircuitOpen(detail, practice_id=...,
+        retry_after=...)``, which a unit test holds it to."""
+        detail = (
+            f"practice {practice_id} is not answering; the next probe is in {retry_after:.0f} s"
+        )
+        error = cls.__new__(cls, detail)  # BaseException.__new__ sets ``args``
+        error.detail = detail
+        error.practice_id = practice_id
+        error.retry_after = retry_after
+        return error
 
 
 class UpstreamCircuitOpen(GatewayError):

@@ -5,8 +5,8 @@ attempts, status, error, what the resilience rules need to know); the :class:`Ob
 turns a finished exchange into its traces: the request metrics, the status page's history and
 the access line (:mod:`gateway.access_log`). The observer resolves each metric child once per
 label combination (labels are bounded: method, route template, status, reason), so a request
-pays for one dictionary lookup and the increments, not for the client library's label
-resolution.
+pays for one dictionary lookup and plain increments (:mod:`gateway.tally`), not for the
+client library's label resolution and locks.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import itertools
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.access_log import AccessLog
 from gateway.history import History
 from gateway.idempotency import StoredAnswer
 from gateway.metrics import Metrics
 from gateway.routes import OTHER_ROUTE
+from gateway.tally import Bins, Count
 from gateway.tracing import NO_TRACE, RequestSpan
 
 # nginx's convention for "the caller closed the connection before the answer".
@@ -93,15 +93,16 @@ class Observer:
         self._metrics = metrics
         self._history = history
         self._access_log = access_log
-        self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._attempts: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._rejected: dict[str, Any] = {}
+        # Children resolved once per label combination (the labels are bounded vocabularies).
+        self._requests: dict[tuple[str, str, int], Bins] = {}
+        self._attempts: dict[tuple[str, str], tuple[Count, Bins]] = {}
+        self._rejected: dict[str, Count] = {}
 
     def rejected(self, reason: str) -> None:
         child = self._rejected.get(reason)
         if child is None:
             child = self._rejected[reason] = self._metrics.rejected.labels(reason)
-        child.inc()
+        child.value += 1
 
     def attempt(self, route: str, outcome: str, seconds: float) -> None:
         key = (route, outcome)
@@ -112,23 +113,19 @@ class Observer:
                 metrics.upstream_attempts.labels(route, outcome),
                 metrics.upstream_attempt_duration.labels(route),
             )
-        children[0].inc()
+        children[0].value += 1
         children[1].observe(seconds)
 
     def request(self, exchange: Exchange, elapsed: float) -> None:
         status = exchange.status
         self._history.record(status, exchange.error is not None, elapsed)
         key = (exchange.method, exchange.route, status)
-        children = self._requests.get(key)
-        if children is None:
-            code = str(status)
-            metrics = self._metrics
-            children = self._requests[key] = (
-                metrics.requests.labels(exchange.method, exchange.route, code),
-                metrics.request_duration.labels(exchange.method, exchange.route, code),
+        bins = self._requests.get(key)
+        if bins is None:
+            bins = self._requests[key] = self._metrics.request_duration.labels(
+                exchange.method, exchange.route, str(status)
             )
-        children[0].inc()
-        children[1].observe(elapsed)
+        bins.observe(elapsed)  # also requests_total: the histogram's count (gateway.tally)
         self._access_log.request(
             method=exchange.method,
             route=exchange.route,

@@ -63,6 +63,11 @@ class Answer(StrEnum):
 
 
 ANSWERS: tuple[Answer, ...] = tuple(Answer)
+# Each answer's column in an hour's counters, and the columns per hour: looked up once per
+# attempt (a dict look-up instead of tuple.index, a constant instead of len()).
+_COLUMN = {answer: column for column, answer in enumerate(ANSWERS)}
+_WIDTH = len(ANSWERS)
+_EMPTY_HOUR = bytes(4 * _WIDTH)
 _FAILURES = frozenset({Answer.UNAVAILABLE, Answer.GATEWAY_TIMEOUT, Answer.TIMEOUT})
 # Partner-wide: says nothing about this practice, so it changes neither state nor times.
 _NEUTRAL = frozenset({Answer.UNREACHABLE})
@@ -335,14 +340,17 @@ class Ledger:
     def _count(self, entry: _Entry, answer: Answer, now: float) -> None:
         hour = int(now // _SECONDS_PER_HOUR)
         slot = hour % HOURS
-        if entry.hours[slot] < hour:  # a new hour for this slot: its old counts are a day old
+        held = entry.hours[slot]
+        if held < hour:  # a new hour for this slot: its old counts are a day old
             entry.hours[slot] = hour
-            base = slot * len(ANSWERS)
-            entry.counts[base : base + len(ANSWERS)] = array("I", bytes(4 * len(ANSWERS)))
-        elif entry.hours[slot] > hour:  # the clock stepped back: count in the newest slot
+            base = slot * _WIDTH
+            entry.counts[base : base + _WIDTH] = array("I", _EMPTY_HOUR)
+        elif held > hour:  # the clock stepped back: count in the newest slot
             slot = max(range(HOURS), key=entry.hours.__getitem__)
-        cell = slot * len(ANSWERS) + ANSWERS.index(answer)
-        entry.counts[cell] = min(_COUNT_MAX, entry.counts[cell] + 1)
+        cell = slot * _WIDTH + _COLUMN[answer]
+        counts = entry.counts
+        if counts[cell] < _COUNT_MAX:
+            counts[cell] += 1
 
     def _start_period(self, entry: _Entry, now: float, cause: str) -> None:
         entry.periods.append(Period(now, cause))

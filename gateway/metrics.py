@@ -9,7 +9,9 @@ breakers, added with the resilience work).
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,7 +24,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
+from gateway.clock import SYSTEM_CLOCK
 from gateway.outcome import RetryReason, SkipReason, help_list
+from gateway.tally import CounterTally, HistogramCount, HistogramTally
 
 NAMESPACE = "exact_gateway"
 # Callers see retries and backoff inside one request, so their buckets reach the deadline.
@@ -34,25 +38,40 @@ TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 @dataclass(frozen=True, slots=True)
 class Metrics:
     registry: CollectorRegistry
-    requests: Counter
-    request_duration: Histogram
+    # The per-request families are tallies (gateway.tally): plain numbers the request path
+    # bumps, read at scrape time. ``requests_total`` is the duration histogram's count.
+    request_duration: HistogramTally
     inflight: Gauge
-    upstream_attempts: Counter
-    upstream_attempt_duration: Histogram
+    upstream_attempts: CounterTally
+    upstream_attempt_duration: HistogramTally
     token_requests: Counter
     token_request_duration: Histogram
     token_expiry: Gauge
     retries: Counter
     retries_skipped: Counter
-    rejected: Counter
+    rejected: CounterTally
     breaker_transitions: Counter
     caller_connections: Gauge
     caller_connections_refused: Counter
 
 
-def build_metrics(environment: str, registry: CollectorRegistry | None = None) -> Metrics:
-    """Create every metric family in a fresh registry (or the one given)."""
+_Registered = TypeVar("_Registered", CounterTally, HistogramTally, HistogramCount)
+
+
+def build_metrics(
+    environment: str,
+    registry: CollectorRegistry | None = None,
+    wall: Callable[[], float] = SYSTEM_CLOCK.wall,
+) -> Metrics:
+    """Create every metric family in a fresh registry (or the one given). ``wall`` stamps
+    the ``_created`` samples of the per-request families."""
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    owner = registry
+
+    def register(collector: _Registered) -> _Registered:
+        owner.register(collector)
+        return collector
+
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -66,44 +85,52 @@ def build_metrics(environment: str, registry: CollectorRegistry | None = None) -
     )
     build_info.labels(__version__, platform.python_version(), environment).set(1)
 
-    return Metrics(
-        registry=registry,
-        requests=Counter(
+    # Registered in the order the families have always been exposed in.
+    request_duration = HistogramTally(
+        "request_duration_seconds",
+        "Time callers waited for the response headers, retries included.",
+        ["method", "route", "status_code"],
+        buckets=REQUEST_BUCKETS,
+        namespace=NAMESPACE,
+        wall=wall,
+    )
+    register(
+        HistogramCount(
+            request_duration,
             "requests_total",
             "Requests answered to callers, by method, route template and status code.",
             ["method", "route", "status_code"],
             namespace=NAMESPACE,
-            registry=registry,
-        ),
-        request_duration=Histogram(
-            "request_duration_seconds",
-            "Time callers waited for the response headers, retries included.",
-            ["method", "route", "status_code"],
-            buckets=REQUEST_BUCKETS,
-            namespace=NAMESPACE,
-            registry=registry,
-        ),
+        )
+    )
+    return Metrics(
+        registry=registry,
+        request_duration=register(request_duration),
         inflight=Gauge(
             "inflight_requests",
             "Caller requests being handled right now.",
             namespace=NAMESPACE,
             registry=registry,
         ),
-        upstream_attempts=Counter(
-            "upstream_attempts_total",
-            "Attempts sent to the EXACT API, by route template and outcome"
-            " (status code, or a gateway reason when no answer came).",
-            ["route", "outcome"],
-            namespace=NAMESPACE,
-            registry=registry,
+        upstream_attempts=register(
+            CounterTally(
+                "upstream_attempts_total",
+                "Attempts sent to the EXACT API, by route template and outcome"
+                " (status code, or a gateway reason when no answer came).",
+                ["route", "outcome"],
+                namespace=NAMESPACE,
+                wall=wall,
+            )
         ),
-        upstream_attempt_duration=Histogram(
-            "upstream_attempt_duration_seconds",
-            "Time from sending an attempt to its response headers.",
-            ["route"],
-            buckets=ATTEMPT_BUCKETS,
-            namespace=NAMESPACE,
-            registry=registry,
+        upstream_attempt_duration=register(
+            HistogramTally(
+                "upstream_attempt_duration_seconds",
+                "Time from sending an attempt to its response headers.",
+                ["route"],
+                buckets=ATTEMPT_BUCKETS,
+                namespace=NAMESPACE,
+                wall=wall,
+            )
         ),
         token_requests=Counter(
             "token_requests_total",
@@ -141,12 +168,14 @@ def build_metrics(environment: str, registry: CollectorRegistry | None = None) -
             namespace=NAMESPACE,
             registry=registry,
         ),
-        rejected=Counter(
-            "rejected_requests_total",
-            "Requests answered with an error of the gateway's own, by reason.",
-            ["reason"],
-            namespace=NAMESPACE,
-            registry=registry,
+        rejected=register(
+            CounterTally(
+                "rejected_requests_total",
+                "Requests answered with an error of the gateway's own, by reason.",
+                ["reason"],
+                namespace=NAMESPACE,
+                wall=wall,
+            )
         ),
         breaker_transitions=Counter(
             "circuit_breaker_transitions_total",

@@ -32,6 +32,9 @@ from gateway.http1.errors import InvalidRequest
 
 # RFC 9110 section 5.6.2: a header name (and a method) is a token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Every forwarded header name at once, joined by LF (never part of a token): one match per
+# request instead of one per name.
+_TOKEN_LINES = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
 # Origin-form: starts with "/", no whitespace or controls (they would end the request line).
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -61,7 +64,7 @@ def _caller_headers(
 ) -> tuple[int, list[str], bool]:
     """Append the caller's headers except the framing ones; returns the lines added, the
     caller's Content-Length values and whether it allows keep-alive."""
-    added = 0
+    names: list[str] = []
     lengths: list[str] = []
     keep_alive = True
     for name, value in headers:
@@ -74,11 +77,14 @@ def _caller_headers(
             ):
                 keep_alive = False
             continue
-        if not _TOKEN.fullmatch(name):
-            raise InvalidRequest("a request header name is not a token", sent=False)
+        names.append(name)
         lines += (name, ": ", value, "\r\n")
-        added += 1
-    return added, lengths, keep_alive
+    if names:
+        joined = "\n".join(names)
+        # The count catches a name that holds an LF itself (two tokens would match).
+        if not _TOKEN_LINES.fullmatch(joined) or joined.count("\n") != len(names) - 1:
+            raise InvalidRequest("a request header name is not a token", sent=False)
+    return len(names), lengths, keep_alive
 
 
 def _framing(method: str, body: object, declared: int | None, lines: list[str]) -> int:

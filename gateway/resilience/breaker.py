@@ -28,6 +28,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import NamedTuple
 
 from gateway.expiring import ExpiringMap
 
@@ -60,14 +61,19 @@ class BreakerPolicy:
         return nominal * (1.0 - self.jitter * rng.random())
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
+    """A breaker's answer to "may a call go through now?". A named tuple rather than a
+    frozen dataclass: immutable all the same, and made in half the time (an open breaker
+    makes one per refused call)."""
+
     allowed: bool
     probe: bool = False
     retry_after: float = 0.0
 
 
 ALLOW = Admission(True)
+_PROBE = Admission(True, probe=True)
+_PROBE_OUT = Admission(False, retry_after=1.0)  # half-open, its one probe out
 
 Transition = Callable[["Breaker", State, State], None]
 
@@ -122,13 +128,13 @@ class Breaker:
             return ALLOW
         if self.state is State.OPEN:
             if now < self.open_until:
-                return Admission(False, retry_after=self.open_until - now)
+                return Admission(False, False, self.open_until - now)
             self._move(State.HALF_OPEN)
         if self.probe_in_flight:
             # Half-open with its one probe out: the others wait for its verdict.
-            return Admission(False, retry_after=1.0)
+            return _PROBE_OUT
         self.probe_in_flight = True
-        return Admission(True, probe=True)
+        return _PROBE
 
     def record(
         self,

@@ -228,11 +228,11 @@ class Resilience:
             breaker = self.breakers.get(practice_id.upper())
             admission = breaker.admit(now)
             if not admission.allowed:
-                raise _practice_open(practice_id, admission.retry_after)
+                raise CircuitOpen.for_practice(practice_id, admission.retry_after)
             practice_probe = admission.probe
             if practice_probe and self._prober is not None:
                 self._prober(Ticket(breaker, True, False))
-                raise _practice_open(practice_id, PROBE_WAIT)
+                raise CircuitOpen.for_practice(practice_id, PROBE_WAIT)
         upstream: Admission = self.upstream.admit(now)
         if not upstream.allowed:
             if breaker is not None and practice_probe:
@@ -245,7 +245,7 @@ class Resilience:
         now = self.clock.monotonic()
         practice = ticket.practice
         if practice is not None and practice.state is State.OPEN:
-            return _practice_open(practice.key, practice.open_until - now)
+            return CircuitOpen.for_practice(practice.key, practice.open_until - now)
         if self.upstream.state is State.OPEN:
             return _upstream_open(self.upstream.open_until - now)
         return None
@@ -461,14 +461,6 @@ class Resilience:
             "retry_budget": self.budget.state(now),
             "inflight": self.bulkhead.inflight,
         }
-
-
-def _practice_open(practice_id: str, retry_after: float) -> CircuitOpen:
-    return CircuitOpen(
-        f"practice {practice_id} is not answering; the next probe is in {retry_after:.0f} s",
-        practice_id=practice_id,
-        retry_after=retry_after,
-    )
 
 
 def _upstream_open(retry_after: float) -> UpstreamCircuitOpen:

@@ -153,6 +153,35 @@ def test_requests_that_would_split_the_head_or_lie_about_length_are_refused(
     assert caught.value.sent is False
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        [""],
+        ["X\nY"],  # two tokens around an LF: must not pass as two names
+        ["\nX"],
+        ["X\n"],
+        ["Accept", "X-A\nX-B", "Accept-Encoding"],
+        ["X:Y"],
+        ["Zo\u00eb"],
+        ["Accept", ""],
+        ["X-A", "X A"],
+    ],
+)
+def test_every_header_name_is_checked_as_a_token(names):
+    """A forwarded header name that is not a token (empty, an LF inside, a colon, a space,
+    non-ASCII), wherever it sits among good ones, is refused as such before anything is sent."""
+    with pytest.raises(InvalidRequest, match="header name is not a token") as caught:
+        build_head("GET", "/", "h", [(name, "1") for name in names], None)
+    assert caught.value.sent is False
+
+
+def test_header_names_with_every_token_character_pass():
+    """All of RFC 9110's token characters are accepted in names, and the names leave as given."""
+    names = ["!#$%&'*+-.^_`|~", "A0z9", "x", "X-Request-ID"]
+    head, _, _ = build_head("GET", "/", "h", [(name, "v") for name in names], None)
+    assert [line.split(": ")[0] for line in lines(head)[2:-2]] == names
+
+
 def test_public_surface():
     """The names and signatures the proxy's wiring depends on."""
     assert set(gateway.http1.__all__) == {

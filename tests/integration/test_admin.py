@@ -115,6 +115,51 @@ async def test_metrics_count_what_callers_saw(gateway: Gateway, upstream: Script
     assert "UKTEST1" not in text
 
 
+async def test_scrape_after_mixed_traffic_counts_every_request_exactly(
+    gateway: Gateway, upstream: ScriptedUpstream
+) -> None:
+    """After 17 proxied answers, 5 refused targets and 3 refused methods, the per-request
+    families (plain tallies read at scrape time) hold exactly those counts: counter, histogram
+    count, +Inf bucket, attempts and rejections agree, and the buckets are cumulative."""
+    route = "/v1/Practices/{practiceId}/details"
+    async with aiohttp.ClientSession() as client:
+        for _ in range(17):
+            await (await client.get(proxy_url(gateway, "/v1/Practices/UKTEST1/details"))).read()
+        for _ in range(5):
+            refused = URL(proxy_url(gateway, "/v1/Practices/%2e%2e/details"), encoded=True)
+            await (await client.get(refused)).read()
+        for _ in range(3):
+            await (await client.request("TRACE", proxy_url(gateway, "/v1/x"))).read()
+    samples = await scrape(gateway)
+    proxied = (("method", "GET"), ("route", route), ("status_code", "200"))
+    bad_target = (("method", "GET"), ("route", "other"), ("status_code", "400"))
+    bad_method = (("method", "other"), ("route", "other"), ("status_code", "405"))
+    expected = {proxied: 17, bad_target: 5, bad_method: 3}
+    assert samples["exact_gateway_requests_total"] == expected
+    assert samples["exact_gateway_request_duration_seconds_count"] == expected
+    for key, count in expected.items():
+        buckets = sorted(
+            (float(dict(labels)["le"]), value)
+            for labels, value in samples["exact_gateway_request_duration_seconds_bucket"].items()
+            if tuple(item for item in labels if item[0] != "le") == key
+        )
+        assert len(buckets) == 16
+        assert buckets[-1] == (float("inf"), count)
+        assert [value for _, value in buckets] == sorted(value for _, value in buckets)
+        assert samples["exact_gateway_request_duration_seconds_sum"][key] > 0
+    assert samples["exact_gateway_upstream_attempts_total"] == {
+        (("outcome", "200"), ("route", route)): 17
+    }
+    assert samples["exact_gateway_upstream_attempt_duration_seconds_count"] == {
+        (("route", route),): 17
+    }
+    assert samples["exact_gateway_rejected_requests_total"] == {
+        (("reason", "bad_request"),): 5,
+        (("reason", "method_not_allowed"),): 3,
+    }
+    assert len(samples["exact_gateway_rejected_requests_created"]) == 2
+
+
 async def test_breakers_endpoint_and_breaker_metrics(
     upstream: ScriptedUpstream, start_gateway: GatewayFactory
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 from gateway.credentials import basic_credentials
 from gateway.errors import (
     BadRequest,
+    CircuitOpen,
     GatewayError,
     PracticeVersionTooOld,
     TokenUnavailable,
@@ -129,3 +130,25 @@ def test_problem_body_is_json_dumps_of_the_problem(
             body = error.problem_body(request_id)
             assert body == json.dumps(error.problem(request_id)).encode()
             assert json.loads(body) == error.problem(request_id)
+
+
+@pytest.mark.parametrize("practice_id", ["UKTEST1", "uktest1", *_HOSTILE_TEXT])
+@pytest.mark.parametrize("retry_after", [0.0, 0.5, 1.5, 2.5, 12.3456, -0.4, 1e9, 30.000001])
+def test_circuit_open_fast_constructor_matches_the_generic_one(
+    practice_id: str, retry_after: float
+) -> None:
+    """CircuitOpen.for_practice (skipping __init__'s keyword path) makes the same error as the
+    generic constructor: same attributes, args, message, headers and answer bytes."""
+    fast = CircuitOpen.for_practice(practice_id, retry_after)
+    generic = CircuitOpen(
+        f"practice {practice_id} is not answering; the next probe is in {retry_after:.0f} s",
+        practice_id=practice_id,
+        retry_after=retry_after,
+    )
+    assert type(fast) is CircuitOpen
+    assert vars(fast) == vars(generic)
+    assert fast.args == generic.args
+    assert str(fast) == str(generic)
+    assert fast.headers("r-1") == generic.headers("r-1")
+    assert fast.problem_body("r-1") == generic.problem_body("r-1")
+    assert fast.problem_body("r-1") == json.dumps(generic.problem("r-1")).encode()

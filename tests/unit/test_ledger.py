@@ -191,6 +191,21 @@ def test_clock_stepping_back_still_counts() -> None:
     assert view(book, "UKTEST1")["last_24h"]["2xx"] == 2  # type: ignore[index]
 
 
+def test_hourly_counts_saturate_instead_of_overflowing() -> None:
+    """A cell at the array's maximum stays there (no OverflowError mid-request); the others
+    keep counting. (The cell is set near its maximum directly: 2**32 attempts are too many.)"""
+    book, _ = ledger()
+    book.record_attempt("UKTEST1", Answer.OK)
+    counts = book._seen["UKTEST1"].counts  # private: no public way to 4 billion
+    cell = counts.index(1)
+    counts[cell] = 2**32 - 2
+    for _ in range(3):
+        book.record_attempt("UKTEST1", Answer.OK)
+    book.record_attempt("UKTEST1", Answer.CLIENT_ERROR)
+    assert counts[cell] == 2**32 - 1
+    assert view(book, "UKTEST1")["last_24h"]["4xx"] == 1  # type: ignore[index]
+
+
 def test_unreachable_host_is_counted_but_not_blamed_on_the_practice() -> None:
     """An EXACT host failure is partner-wide: counted, yet no failure time, no state change."""
     book, _ = ledger()
