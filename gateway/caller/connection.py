@@ -37,7 +37,13 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from gateway.caller.limits import REFUSAL_LINGER_SECONDS
 from gateway.caller.phases import Phase, PhaseClock
-from gateway.caller.refusals import new_request_id, parse_error, raw_problem, render_problem
+from gateway.caller.refusals import (
+    new_request_id,
+    parse_error,
+    raw_problem,
+    refuse_head,
+    render_problem,
+)
 from gateway.errors import (
     GatewayBusy,
     GatewayError,
@@ -350,11 +356,7 @@ class CallerConnection(RequestHandler):
         transport = self.transport
         if transport is None:
             return
-        transport.write(raw_problem(error, request_id))
-        if transport.can_write_eof():
-            # Half-close and discard what still arrives for a moment: closing outright with
-            # unread bytes makes the kernel send a reset, and the caller may never read why.
-            transport.write_eof()
+        if refuse_head(transport, error, request_id):
             self._linger = self._loop.call_later(REFUSAL_LINGER_SECONDS, self.force_close)
         else:  # pragma: no cover - TCP transports can always write EOF
             self.force_close()

@@ -5,15 +5,12 @@ The handler (the proxy) sees an :class:`IncomingRequest` made by the connection 
 as the caller sent them (values that are not UTF-8 stand for their exact bytes, by
 ``surrogateescape``), and a :class:`RequestBody` that streams with back-pressure. It answers
 with a whole :class:`Answer` (head and body leave in one write) or streams one through
-:meth:`IncomingRequest.stream`. Heads are serialised here, byte for byte (obs-text values are
-restored), and refused with ``ValueError`` when a name or value holds a control character
-other than tab (header injection).
+:meth:`IncomingRequest.stream` (:mod:`~gateway.caller.framing` says how each is framed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -27,29 +24,8 @@ if TYPE_CHECKING:
 # Body bytes buffered for a handler that is not reading before the caller is paused.
 HIGH_WATER = 65536
 LOW_WATER = 16384
-# Statuses whose answers never carry a body, whatever their headers say (RFC 9110 6.4.1).
-NO_BODY_STATUSES = frozenset({204, 304})
 # The log's word for a caller that left: never written on the wire.
 CLIENT_CLOSED_REQUEST = 499
-
-# RFC 9110 section 5.5 and RFC 9112 section 4: controls other than HTAB (and the CR LF that
-# end each line, counted separately) never appear in a status line or field line.
-_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def serialize_head(status_line: str, headers: CIMultiDict[str], extra: str) -> bytes:
-    """A response head as bytes; each surrogate escape becomes the byte it stands for.
-
-    ``extra`` is the connection's own framing fields, already terminated by CR LF.
-    """
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    head = f"{status_line}\r\n{fields}{extra}\r\n"
-    lines = len(headers) + extra.count("\n") + 2
-    if head.count("\n") != lines or head.count("\r") != lines or _CONTROLS.search(head):
-        raise ValueError("a control character in a response header (header injection)")
-    # A lone surrogate outside U+DC80..U+DCFF stands for no byte: UnicodeEncodeError, which
-    # is a ValueError like the refusal above.
-    return head.encode("utf-8", "surrogateescape")
 
 
 class Answer:

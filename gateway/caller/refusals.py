@@ -9,6 +9,7 @@ parser's exceptions are translated to the gateway's error tree in :func:`parse_e
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from email.utils import formatdate
 from http import HTTPStatus
@@ -57,6 +58,18 @@ def raw_problem(error: GatewayError, request_id: str) -> bytes:
     head = f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     return head.encode("ascii") + b"\r\n" + body
+
+
+def refuse_head(transport: asyncio.Transport, error: GatewayError, request_id: str) -> bool:
+    """Answer a request whose head never completed. True when the connection should now
+    read and drop what still arrives for a moment before closing (it half-closed): closing
+    outright with unread bytes makes the kernel send a reset, and the caller may never read
+    why. False when it cannot half-close and must close now."""
+    transport.write(raw_problem(error, request_id))
+    if transport.can_write_eof():
+        transport.write_eof()
+        return True
+    return False  # pragma: no cover - TCP transports can always write EOF
 
 
 def parse_error(exc: HttpProcessingError, target_too_long: bool, max_target: int) -> GatewayError:

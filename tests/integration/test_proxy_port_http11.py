@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.caller.http11 import Phase
+from gateway.caller.phases import Phase
 from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, wait_until
 from tests.integration.test_caller_edge import PATIENCE, answered, assert_problem, sample
 from tests.raw_peers import Peer, read_request
