@@ -76,7 +76,34 @@ def _full_name(name: str, namespace: str) -> str:
     return f"{namespace}_{name}" if namespace else name
 
 
-class CounterTally(Collector):
+class _CounterFamily(Collector):
+    """A labelled counter family exposed at scrape time from ``_counts()``."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], namespace: str
+    ) -> None:
+        self.name = _full_name(name, namespace)
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+
+    def _counts(self) -> Iterator[tuple[tuple[str, ...], float, float]]:
+        """(label values, value, created) for each child."""
+        raise NotImplementedError
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self._documentation, labels=self._labelnames)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, value, created in self._counts():
+            family.add_metric(values, value, created=_created(created))
+        yield family
+
+
+class CounterTally(_CounterFamily):
     """A labelled counter family whose children are :class:`Count` values."""
 
     def __init__(
@@ -88,9 +115,7 @@ class CounterTally(Collector):
         namespace: str = "",
         wall: Callable[[], float],
     ) -> None:
-        self.name = _full_name(name, namespace)
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
+        super().__init__(name, documentation, labelnames, namespace)
         self._wall = wall
         self._children: dict[tuple[str, ...], Count] = {}
 
@@ -103,17 +128,9 @@ class CounterTally(Collector):
             child = self._children[values] = Count(self._wall())
         return child
 
-    def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self.name, self._documentation, labels=self._labelnames)
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
+    def _counts(self) -> Iterator[tuple[tuple[str, ...], float, float]]:
         for values, child in self._children.items():
-            family.add_metric(values, child.value, created=_created(child.created))
-        yield family
+            yield values, child.value, child.created
 
 
 class HistogramTally(Collector):
@@ -176,7 +193,7 @@ class HistogramTally(Collector):
         yield family
 
 
-class HistogramCount(Collector):
+class HistogramCount(_CounterFamily):
     """A counter family whose value per child is a histogram's count for the same labels:
     for a counter that is always incremented together with that histogram's ``observe``."""
 
@@ -189,22 +206,12 @@ class HistogramCount(Collector):
         *,
         namespace: str = "",
     ) -> None:
-        self.name = _full_name(name, namespace)
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
+        super().__init__(name, documentation, labelnames, namespace)
         self._histogram = histogram
 
-    def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self.name, self._documentation, labels=self._labelnames)
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
+    def _counts(self) -> Iterator[tuple[tuple[str, ...], float, float]]:
         for values, child in self._histogram.children():
-            family.add_metric(values, child.count, created=_created(child.created))
-        yield family
+            yield values, child.count, child.created
 
 
 def _created(created: float) -> float | None:

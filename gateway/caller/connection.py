@@ -40,12 +40,10 @@ from gateway.caller.phases import Phase, PhaseClock
 from gateway.caller.refusals import (
     new_request_id,
     parse_error,
-    raw_problem,
     refuse_head,
     render_problem,
 )
 from gateway.errors import (
-    GatewayBusy,
     GatewayError,
     RequestHeaderFieldsTooLarge,
     RequestTimeout,
@@ -92,14 +90,8 @@ class CallerConnection(RequestHandler):
         # a cast rather than an isinstance check).
         transport = cast(asyncio.Transport, transport)
         self._tcp = transport
-        if not self._listener.admit():
-            # Over the limit: a one-line answer and a close, before any parsing or task.
-            busy = GatewayBusy(
-                "the gateway has too many connections open; try again shortly", retry_after=1
-            )
+        if not self._listener.let_in(transport):
             self._deaf = True
-            transport.write(raw_problem(busy, new_request_id()))
-            transport.close()
             return
         self._admitted = True
         # Any byte the kernel will not take pauses writing (and starts the write-idle clock):

@@ -9,16 +9,23 @@ per connection (a flood must not become a log storm).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
-from gateway.caller.limits import CallerLimits
-from gateway.errors import GatewayError
+from gateway.caller.limits import DRAIN_QUIET_SECONDS, CallerLimits
+from gateway.caller.refusals import new_request_id, raw_problem
+from gateway.errors import GatewayBusy, GatewayError
 
 # The caller edge's log channel (dashboards and tests select its lines by this name).
 log = logging.getLogger("exact_gateway.listener")
 
 Refusal = Callable[[GatewayError, str, str], None]  # error, request id, method label
+
+
+class Drainable(Protocol):
+    def close_if_idle(self, since: float = ...) -> None: ...
 
 
 class Door:
@@ -75,6 +82,18 @@ class Door:
             },
         )
 
+    def let_in(self, transport: asyncio.Transport) -> bool:
+        """Count a new connection; one too many is answered ``503 gateway_busy`` and closed
+        at once, before any parsing or task."""
+        if self.admit():
+            return True
+        busy = GatewayBusy(
+            "the gateway has too many connections open; try again shortly", retry_after=1
+        )
+        transport.write(raw_problem(busy, new_request_id()))
+        transport.close()
+        return False
+
     def admit(self) -> bool:
         """Count a new connection, or say it is one too many."""
         if self.open_connections >= self.limits.max_connections:
@@ -118,3 +137,25 @@ class Door:
     def _report(self) -> None:
         if self._on_connections is not None:
             self._on_connections(self.open_connections)
+
+    # -- draining ------------------------------------------------------------------------------
+
+    def drainable(self) -> Iterable[Drainable]:
+        """The port's open connections (each listener knows its own)."""
+        raise NotImplementedError
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def start_draining(self, quiet: float = DRAIN_QUIET_SECONDS) -> None:
+        """From now on every answer says ``Connection: close``; connections idle for ``quiet``
+        seconds close now.
+
+        One used more recently belongs to an active caller, whose next request may be on the
+        wire already: closing under it would lose that request, so it gets its answer with
+        ``Connection: close`` instead (or is closed with the listener if it stays idle).
+        """
+        self.draining = True
+        since = self.now() - quiet
+        for connection in list(self.drainable()):
+            connection.close_if_idle(since=since)

@@ -50,8 +50,8 @@ from gateway.caller.messages import (
 )
 from gateway.caller.outbox import Outbox
 from gateway.caller.phases import Phase, PhaseClock
-from gateway.caller.refusals import new_request_id, problem_answer, raw_problem, refuse_head
-from gateway.errors import GatewayBusy, GatewayError, RequestTimeout
+from gateway.caller.refusals import new_request_id, problem_answer, refuse_head
+from gateway.errors import GatewayError, RequestTimeout
 
 if TYPE_CHECKING:
     from gateway.caller.listener import ProxyListener
@@ -108,14 +108,8 @@ class ProxyConnection(asyncio.Protocol):
         # uvloop's TCP transport is not an asyncio.Transport subclass, hence a cast.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        if not self._listener.admit():
-            # Over the limit: a one-line answer and a close, before any parsing or task.
-            busy = GatewayBusy(
-                "the gateway has too many connections open; try again shortly", retry_after=1
-            )
+        if not self._listener.let_in(transport):
             self._deaf = True
-            transport.write(raw_problem(busy, new_request_id()))
-            transport.close()
             return
         self._admitted = True
         self._listener.connections.add(self)

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
 
 from gateway.caller.door import Door, Refusal
 from gateway.caller.http11 import Handler, ProxyConnection
-from gateway.caller.limits import DRAIN_QUIET_SECONDS, CallerLimits
+from gateway.caller.limits import CallerLimits
 
 
 class ProxyListener(Door):
@@ -71,18 +71,11 @@ class ProxyListener(Door):
         super().released()
         self.settled()
 
-    def start_draining(self, quiet: float = DRAIN_QUIET_SECONDS) -> None:
-        """From now on every answer says ``Connection: close``; connections idle for ``quiet``
-        seconds close now.
+    def drainable(self) -> Iterable[ProxyConnection]:
+        return self.connections
 
-        One used more recently belongs to an active caller, whose next request may be on the
-        wire already: closing under it would lose that request, so it gets its answer with
-        ``Connection: close`` instead (or is closed with the listener if it stays idle).
-        """
-        self.draining = True
-        since = self.loop.time() - quiet
-        for connection in list(self.connections):
-            connection.close_if_idle(since=since)
+    def now(self) -> float:
+        return self.loop.time()
 
     async def close(self, drain_seconds: float) -> None:
         """Stop accepting, let the requests under way finish (up to ``drain_seconds``), then

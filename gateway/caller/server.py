@@ -13,7 +13,7 @@ request sent just as the listener closes. Each connection is a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +22,6 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.caller.connection import CallerConnection
 from gateway.caller.door import Door, Refusal
 from gateway.caller.limits import (
-    DRAIN_QUIET_SECONDS,
     LINGER_SECONDS,
     MAX_FIELD_BYTES,
     MAX_HEADERS,
@@ -113,19 +112,11 @@ class Listener(web.Server, Door):
 
     # -- shutdown ----------------------------------------------------------------------------
 
-    def start_draining(self, quiet: float = DRAIN_QUIET_SECONDS) -> None:
-        """From now on every answer says ``Connection: close``; connections idle for ``quiet``
-        seconds close now.
+    def drainable(self) -> Iterable[CallerConnection]:
+        return [c for c in self.connections if isinstance(c, CallerConnection)]
 
-        One used more recently belongs to an active caller, whose next request may be on the
-        wire already: closing under it would lose that request, so it gets its answer with
-        ``Connection: close`` instead (or is closed with the listener if it stays idle).
-        """
-        self.draining = True
-        now = self._loop.time()
-        for connection in self.connections:
-            if isinstance(connection, CallerConnection):
-                connection.close_if_idle(since=now - quiet)
+    def now(self) -> float:
+        return self._loop.time()
 
     def pre_shutdown(self) -> None:
         # aiohttp closes every connection here, dropping a request still arriving; only idle
