@@ -246,12 +246,9 @@ class ProxyConnection(asyncio.Protocol):
             self._close()
             return
         if request is not None and request.body is not None and not request.body.is_eof():
-            if self._awaiting_continue:
-                # Answered without asking for the body: the caller never sends it.
-                self._close()
-                return
-            # Read and drop the rest so the connection can carry the next request; a
-            # caller that takes too long loses the connection.
+            # Read and drop the rest so the connection can carry the next request; a caller
+            # that takes too long loses the connection. (One still waiting for a 100 was
+            # told Connection: close and is closed above.)
             request.body.discard()
             self._body_paused = False
             self._update_reading()
@@ -293,11 +290,6 @@ class ProxyConnection(asyncio.Protocol):
         if self._body_paused:
             self._body_paused = False
             self._update_reading()
-
-    def body_wanted(self, body: RequestBody) -> None:
-        """The handler waits for body bytes: from now on the caller is the slow one."""
-        if self._awaiting_continue and self._active is not None and body is self._active.body:
-            self.send_continue(self._active)
 
     def _update_reading(self) -> None:
         pause = self._body_paused or bool(self._queue)

@@ -113,7 +113,6 @@ class RequestBody:
             if self._eof:
                 return b""
             self._waiter = self._conn.loop.create_future()
-            self._conn.body_wanted(self)
             try:
                 await self._waiter
             finally:

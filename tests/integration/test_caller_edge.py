@@ -128,6 +128,30 @@ async def test_slowloris_head_gets_408_and_is_counted(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_slow_head_on_a_kept_alive_connection_gets_408_too(fast_gateway: Gateway) -> None:
+    """The next request on a keep-alive connection has its own head clock: trickled after a
+    first answer, it is refused 408 like any slow head (the idle clock no longer applies once
+    bytes arrive, so without the head clock it would hold the connection for ever)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", fast_gateway.proxy_port)
+    writer.write(b"GET /v1/Subscriptions/active HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader))[0] == 200
+    writer.write(b"GET /v1/Subscriptions/active HTTP/1.1\r\n")
+
+    async def trickle() -> None:
+        while True:
+            writer.write(b"X")
+            await asyncio.sleep(0.05)
+
+    dripping = asyncio.create_task(trickle())
+    try:
+        status, headers, body = await read_answer(reader)
+    finally:
+        dripping.cancel()
+    assert status == 408
+    assert_problem(status, headers, body, "request_timeout")
+    writer.close()
+
+
 async def test_silent_and_idle_connections_are_closed(fast_gateway: Gateway) -> None:
     """A connection that says nothing, and a keep-alive one left idle, are both closed."""
     silent_reader, silent = await asyncio.open_connection("127.0.0.1", fast_gateway.proxy_port)
