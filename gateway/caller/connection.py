@@ -265,6 +265,10 @@ class CallerConnection(RequestHandler):
             raise ConnectionError("the response had started; it cannot become an error")
         if status == 400 and isinstance(exc, HttpProcessingError):
             error = parse_error(exc, self._uri_failed, self._limits.max_target_bytes)
+        elif exc is not None and exc is self.cut_off:
+            # The body stopped arriving while the application read it: the caller's fault,
+            # answered 408 as the body timer meant, not a handler's bug.
+            error = self.cut_off
         else:
             # A handler raised (ours catch everything, so this is a bug): say so loudly.
             self._listener.internal_error(exc)
