@@ -203,6 +203,16 @@ class CallerConnection(RequestHandler):
             if self._clock.phase is Phase.BODY:
                 self._clock.push(self._limits.body_idle)
 
+    def continue_sent_by_application(self) -> None:
+        """The application is about to write ``100 Continue`` itself: aiohttp's router does,
+        for every route, before any handler runs. The caller is then told to send, so its
+        body clock starts now (without this the body would wait with no limit), and an answer
+        need not close the connection for a body the caller was never asked for."""
+        if self._awaiting_continue:
+            self._awaiting_continue = False
+            if self._clock.phase is Phase.BODY:
+                self._clock.push(self._limits.body_idle)
+
     def prepare_response(self, response: web.StreamResponse) -> None:
         """Last changes to a response's headers before they are written."""
         headers = response.headers
