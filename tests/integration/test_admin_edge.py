@@ -432,8 +432,8 @@ async def test_draining_closes_idle_connections_and_answers_the_request_under_wa
 ) -> None:
     """When the admin port closes, an idle keep-alive connection is closed at once, one that
     has said nothing is closed too, and a request whose head is still arriving is let
-    finish: its answer says Connection: close. (Limits far longer than the test: any closing seen is
-    the drain's.)"""
+    finish: its answer says Connection: close. (Limits far longer than the test: any closing
+    seen is the drain's.)"""
     gateway = await start_gateway(gateway_settings(upstream.url, **dict.fromkeys(FAST, 60)))
     idle_reader, idle = await admin.open(gateway)
     idle.write(get("/healthz"))
