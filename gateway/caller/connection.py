@@ -16,11 +16,13 @@ which phase the connection is in and keeps one deadline for it:
 
 A request cut off for the caller's slowness gets ``408 request_timeout`` while an answer is
 still possible and is logged as 499 otherwise (:attr:`CallerConnection.cut_off` tells the
-handler); the proxy never blames a practice for it. ``Expect: 100-continue`` is answered
-when the handler first wants the body; a request answered without its body closes the
-connection. This module leans on aiohttp internals (``RequestHandler`` hooks, ``_ErrInfo``,
-the message queue); ``pyproject.toml`` pins aiohttp to 3.14.x and the caller-edge tests fail
-if they change.
+handler, and an application whose body read raised it gets the 408 from
+:meth:`~CallerConnection.handle_error`). ``Expect: 100-continue`` is answered when the
+handler first wants the body, or by the aiohttp application itself as it takes the request
+(the listener says so, which starts the body clock); a request answered without its body
+closes the connection. This module leans on aiohttp internals (``RequestHandler`` hooks,
+``_ErrInfo``, the message queue); ``pyproject.toml`` pins aiohttp to 3.14.x and the admin
+port's edge tests fail if they change.
 """
 
 from __future__ import annotations
@@ -203,6 +205,16 @@ class CallerConnection(RequestHandler):
             if self._clock.phase is Phase.BODY:
                 self._clock.push(self._limits.body_idle)
 
+    def continue_sent_by_application(self) -> None:
+        """The application is about to write ``100 Continue`` itself: aiohttp's router does,
+        for every route, before any handler runs. The caller is then told to send, so its
+        body clock starts now (without this the body would wait with no limit), and an answer
+        need not close the connection for a body the caller was never asked for."""
+        if self._awaiting_continue:
+            self._awaiting_continue = False
+            if self._clock.phase is Phase.BODY:
+                self._clock.push(self._limits.body_idle)
+
     def prepare_response(self, response: web.StreamResponse) -> None:
         """Last changes to a response's headers before they are written."""
         headers = response.headers
@@ -265,6 +277,10 @@ class CallerConnection(RequestHandler):
             raise ConnectionError("the response had started; it cannot become an error")
         if status == 400 and isinstance(exc, HttpProcessingError):
             error = parse_error(exc, self._uri_failed, self._limits.max_target_bytes)
+        elif exc is not None and exc is self.cut_off:
+            # The body stopped arriving while the application read it: the caller's fault,
+            # answered 408 as the body timer meant, not a handler's bug.
+            error = self.cut_off
         else:
             # A handler raised (ours catch everything, so this is a bug): say so loudly.
             self._listener.internal_error(exc)

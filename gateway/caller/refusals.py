@@ -15,6 +15,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from multidict import CIMultiDict
 
@@ -28,9 +29,24 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+class ProblemResponse(web.Response):
+    """A refusal made by the admin port's connection itself, with no ``Server`` banner.
+
+    aiohttp adds its version banner while preparing the head, after which only an
+    application's ``on_response_prepare`` can take it out; a refusal made before the
+    application saw the request (a malformed or oversized head) gets no such hook, so it
+    drops the banner itself, at the same point.
+    """
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if self.headers.get("Server") == SERVER_SOFTWARE:
+            del self.headers["Server"]
+
+
 def render_problem(error: GatewayError, request_id: str) -> web.Response:
     """The contract's problem+json answer for a gateway error."""
-    return web.Response(
+    return ProblemResponse(
         status=error.status,
         body=error.problem_body(request_id),
         content_type="application/problem+json",

@@ -106,6 +106,10 @@ class Listener(web.Server, Door):
                 response = render_problem(error, request_id)
                 response.force_close()
                 return response
+            protocol = request.protocol
+            if isinstance(protocol, CallerConnection) and request.headers.get("Expect"):
+                # The aiohttp application answers Expect: 100-continue the moment it starts.
+                protocol.continue_sent_by_application()
             return await handler(request)
 
         return bounded
