@@ -209,6 +209,20 @@ async def _editor(request: web.Request) -> PauseEditor | web.Response:
     return editor
 
 
+async def _entry_body(request: web.Request) -> bytes | None:
+    """A pause's whole body, or None when it is larger than a pause can be. (``read(n)``
+    returns what has arrived, not n bytes: a body split across segments is read to its end
+    before it is parsed.)"""
+    if request.content_length is not None and request.content_length > MAX_ENTRY_BYTES:
+        return None
+    body = bytearray()
+    while len(body) <= MAX_ENTRY_BYTES and (
+        chunk := await request.content.read(MAX_ENTRY_BYTES + 1 - len(body))
+    ):
+        body += chunk
+    return bytes(body) if len(body) <= MAX_ENTRY_BYTES else None
+
+
 async def pause_put(request: web.Request) -> web.Response:
     """Pause a practice on every replica: ``{"pause_until": RFC 3339, "note": text}``."""
     editor = await _editor(request)
@@ -216,11 +230,11 @@ async def pause_put(request: web.Request) -> web.Response:
         return editor
     if request.content_type != "application/json":
         return _problem(415, "pause_invalid", "Not a pause", "send the pause as application/json")
-    if request.content_length is not None and request.content_length > MAX_ENTRY_BYTES:
+    body = await _entry_body(request)
+    if body is None:
         return _problem(
             413, "pause_invalid", "Not a pause", f"a pause is at most {MAX_ENTRY_BYTES} bytes"
         )
-    body = await request.content.read(MAX_ENTRY_BYTES + 1)
     try:
         entry = await editor.set(request.match_info["practice_id"], body)
     except PauseFileError as exc:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
+from gateway.pauses import MAX_ENTRY_BYTES
 from gateway.status_page import PAGE
 from tests.fakes import GatewayFactory, ScriptedUpstream, gateway_settings, wait_until
 from tests.fleet.conftest import RedisServer
@@ -346,6 +347,43 @@ async def test_expect_100_continue_then_the_body_is_stored_and_the_connection_ke
     assert headers.get("connection") != "close"
     writer.write(get("/healthz"))
     assert (await read_answer(reader))[0] == 200
+
+
+async def test_a_pause_body_arriving_in_two_pieces_is_read_whole(
+    pausing_gateway: Gateway, admin: AdminCallers
+) -> None:
+    """A body split across TCP segments (a slow link, a proxy) is read to its end before it
+    is parsed: the pause is stored, not refused as half a JSON document."""
+    reader, writer = await admin.open(pausing_gateway)
+    half = len(PAUSE) // 2
+    writer.write(put_pause("UKTEST1", len(PAUSE)) + PAUSE[:half])
+    await writer.drain()
+    # Not a wait for a condition: the pause makes the rest a segment of its own, which the
+    # gateway has started reading before it arrives.
+    await asyncio.sleep(0.1)
+    writer.write(PAUSE[half:])
+    status, _, body = await read_answer(reader)
+    assert status == 200, body
+    assert json.loads(body)["practice_id"] == "UKTEST1"
+
+
+async def test_a_chunked_pause_body_past_the_bound_gets_413(
+    pausing_gateway: Gateway, admin: AdminCallers
+) -> None:
+    """Without a Content-Length the bound is enforced while reading: a chunked body larger
+    than a pause can be is refused 413, not parsed (and nothing is paused)."""
+    reader, writer = await admin.open(pausing_gateway)
+    body = b'{"pause_until": "2030-01-01T00:00:00Z", "note": "' + b"n" * (2 * MAX_ENTRY_BYTES)
+    head = (
+        b"PUT /pauses/UKTEST1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    writer.write(head + b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
+    status, _, answer = await read_answer(reader)
+    assert status == 413
+    assert json.loads(answer)["reason"] == "pause_invalid"
+    breakers = await admin_get_json(admin, pausing_gateway, "/breakers")
+    assert "UKTEST1" not in json.dumps(breakers)
 
 
 async def admin_get_json(admin: AdminCallers, gateway: Gateway, path: str) -> dict[str, object]:
