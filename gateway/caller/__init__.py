@@ -21,8 +21,8 @@ bounds:
 
 - :mod:`~gateway.caller.server`: :class:`Listener`, aiohttp's low-level server with the cap;
 - :mod:`~gateway.caller.connection`: aiohttp's protocol with the phase time limits;
-- :mod:`~gateway.caller.request`: the aiohttp request with the connection's last word;
-- :mod:`~gateway.caller.writer`: response heads written as the bytes they stand for.
+- :mod:`~gateway.caller.request`: the application's signal that gives the connection the last
+  word on each response's headers.
 
 It may import :mod:`gateway.errors`, aiohttp and httptools, nothing else of ours.
 """

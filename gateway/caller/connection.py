@@ -198,13 +198,6 @@ class CallerConnection(RequestHandler):
 
     # -- answers out -------------------------------------------------------------------------
 
-    def send_continue(self) -> None:
-        if self._awaiting_continue and self.transport is not None:
-            self._awaiting_continue = False
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            if self._clock.phase is Phase.BODY:
-                self._clock.push(self._limits.body_idle)
-
     def continue_sent_by_application(self) -> None:
         """The application is about to write ``100 Continue`` itself: aiohttp's router does,
         for every route, before any handler runs. The caller is then told to send, so its

@@ -28,7 +28,6 @@ from gateway.caller.limits import (
     CallerLimits,
 )
 from gateway.caller.refusals import new_request_id, render_problem
-from gateway.caller.request import make_caller_request
 from gateway.errors import RequestHeaderFieldsTooLarge
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -45,15 +44,14 @@ class Listener(web.Server, Door):
         on_refusal: Refusal | None = None,
         on_connections: Callable[[int], None] | None = None,
         on_refused_connection: Callable[[], None] | None = None,
-        request_factory: Any = None,
-        name: str = "proxy",
+        request_factory: Any,
+        name: str = "admin",
     ) -> None:
         web.Server.__init__(
             self,
             self._bounded(handler),
-            request_factory=request_factory
-            if request_factory is not None
-            else self._make_caller_request,
+            # The application's own (its router needs its request class).
+            request_factory=request_factory,
             keepalive_timeout=limits.keepalive_idle,
             max_line_size=limits.max_target_bytes,
             max_field_size=MAX_FIELD_BYTES,
@@ -79,16 +77,6 @@ class Listener(web.Server, Door):
 
     def __call__(self) -> RequestHandler:
         return CallerConnection(self, **self._kwargs)
-
-    def _make_caller_request(
-        self,
-        message: Any,
-        payload: Any,
-        protocol: RequestHandler,
-        writer: Any,
-        task: asyncio.Task[None],
-    ) -> web.BaseRequest:
-        return make_caller_request(message, payload, protocol, writer, task, loop=self._loop)
 
     def _bounded(self, handler: Handler) -> Handler:
         async def bounded(request: web.BaseRequest) -> web.StreamResponse:
