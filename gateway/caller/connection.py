@@ -17,10 +17,9 @@ which phase the connection is in and keeps one deadline for it:
 A request cut off for the caller's slowness gets ``408 request_timeout`` while an answer is
 still possible and is logged as 499 otherwise (:attr:`CallerConnection.cut_off` tells the
 handler, and an application whose body read raised it gets the 408 from
-:meth:`~CallerConnection.handle_error`). ``Expect: 100-continue`` is answered when the
-handler first wants the body, or by the aiohttp application itself as it takes the request
-(the listener says so, which starts the body clock); a request answered without its body
-closes the connection. This module leans on aiohttp internals (``RequestHandler`` hooks,
+:meth:`~CallerConnection.handle_error`). ``Expect: 100-continue`` is answered by the aiohttp
+application itself as it takes the request (the listener says so, which starts the body
+clock); a request answered without its body closes the connection. This module leans on aiohttp internals (``RequestHandler`` hooks,
 ``_ErrInfo``, the message queue); ``pyproject.toml`` pins aiohttp to 3.14.x and the admin
 port's edge tests fail if they change.
 """
