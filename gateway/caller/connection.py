@@ -19,9 +19,9 @@ still possible and is logged as 499 otherwise (:attr:`CallerConnection.cut_off` 
 handler, and an application whose body read raised it gets the 408 from
 :meth:`~CallerConnection.handle_error`). ``Expect: 100-continue`` is answered by the aiohttp
 application itself as it takes the request (the listener says so, which starts the body
-clock); a request answered without its body closes the connection. This module leans on aiohttp internals (``RequestHandler`` hooks,
-``_ErrInfo``, the message queue); ``pyproject.toml`` pins aiohttp to 3.14.x and the admin
-port's edge tests fail if they change.
+clock); a request answered without its body closes the connection. This module leans on
+aiohttp internals (``RequestHandler`` hooks, ``_ErrInfo``, the message queue);
+``pyproject.toml`` pins aiohttp to 3.14.x and the admin port's edge tests fail if they change.
 """
 
 from __future__ import annotations
