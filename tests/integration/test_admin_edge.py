@@ -28,6 +28,7 @@ from tests.fleet.conftest import RedisServer
 from tests.integration.test_caller_edge import (
     FAST,
     PATIENCE,
+    answer_while_trickling,
     assert_problem,
     read_answer,
     read_to_eof,
@@ -154,16 +155,7 @@ async def test_a_head_trickling_in_gets_408_then_the_connection_closes(
     reader, writer = await admin.open(fast_gateway)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
 
-    async def trickle() -> None:
-        while True:
-            writer.write(b"X")
-            await asyncio.sleep(0.05)
-
-    dripping = asyncio.create_task(trickle())
-    try:
-        status, headers, body = await read_answer(reader)
-    finally:
-        dripping.cancel()
+    status, headers, body = await answer_while_trickling(reader, writer)
     assert status == 408
     assert headers["connection"] == "close"
     assert_problem(status, headers, body, "request_timeout")

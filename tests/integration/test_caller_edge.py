@@ -58,6 +58,24 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
     return status, headers, body
 
 
+async def answer_while_trickling(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[int, dict[str, str], bytes]:
+    """The answer to a head that keeps growing by one byte every 50 ms (a slowloris), which
+    is never complete: only the gateway's head clock can end it."""
+
+    async def trickle() -> None:
+        while True:
+            writer.write(b"X")
+            await asyncio.sleep(0.05)
+
+    dripping = asyncio.create_task(trickle())
+    try:
+        return await read_answer(reader)
+    finally:
+        dripping.cancel()
+
+
 async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
     """Everything until the gateway closes the connection (a reset counts as closed)."""
     try:
@@ -106,16 +124,7 @@ async def test_slowloris_head_gets_408_and_is_counted(
     reader, writer = await asyncio.open_connection("127.0.0.1", fast_gateway.proxy_port)
     writer.write(b"GET /v1/Subscriptions/active HTTP/1.1\r\nHost: x\r\n")
 
-    async def trickle() -> None:
-        while True:
-            writer.write(b"X")
-            await asyncio.sleep(0.05)
-
-    dripping = asyncio.create_task(trickle())
-    try:
-        status, headers, body = await read_answer(reader)
-    finally:
-        dripping.cancel()
+    status, headers, body = await answer_while_trickling(reader, writer)
     assert status == 408
     assert headers["connection"] == "close"
     assert_problem(status, headers, body, "request_timeout")
@@ -137,16 +146,7 @@ async def test_a_slow_head_on_a_kept_alive_connection_gets_408_too(fast_gateway:
     assert (await read_answer(reader))[0] == 200
     writer.write(b"GET /v1/Subscriptions/active HTTP/1.1\r\n")
 
-    async def trickle() -> None:
-        while True:
-            writer.write(b"X")
-            await asyncio.sleep(0.05)
-
-    dripping = asyncio.create_task(trickle())
-    try:
-        status, headers, body = await read_answer(reader)
-    finally:
-        dripping.cancel()
+    status, headers, body = await answer_while_trickling(reader, writer)
     assert status == 408
     assert_problem(status, headers, body, "request_timeout")
     writer.close()
