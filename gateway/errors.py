@@ -67,6 +67,11 @@ class TokenEndpointError(Exception):
         self.kind = kind
 
 
+# nginx's convention for "the caller closed the connection before the answer": logged and
+# counted, never written on the wire.
+CLIENT_CLOSED_REQUEST = 499
+
+
 class CallerGone(Exception):
     """The caller disconnected (e.g. while sending its body): logged as 499, never blamed on
     EXACT, whose reachability it says nothing about."""

@@ -24,9 +24,6 @@ from gateway.routes import OTHER_ROUTE
 from gateway.tally import Bins, Count
 from gateway.tracing import NO_TRACE, RequestSpan
 
-# nginx's convention for "the caller closed the connection before the answer".
-CLIENT_CLOSED_REQUEST = 499
-
 # A caller's request id is reused only when it is short and plain, so it cannot forge log
 # lines or smuggle data into upstream headers.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

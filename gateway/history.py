@@ -29,6 +29,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from gateway.errors import CLIENT_CLOSED_REQUEST
+
 BUCKET_SECONDS = 10
 BUCKETS = 90  # 15 minutes
 BINS_PER_OCTAVE = 4
@@ -38,7 +40,6 @@ LATENCY_BOUNDS: tuple[float, ...] = tuple(
     LATENCY_FLOOR_SECONDS * 2 ** (i / BINS_PER_OCTAVE) for i in range(BINS_PER_OCTAVE * 23 + 1)
 )
 BINS = len(LATENCY_BOUNDS) + 1
-CLIENT_CLOSED_REQUEST = 499
 EVENTS_KEPT = 20
 
 

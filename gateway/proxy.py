@@ -32,6 +32,7 @@ from multidict import CIMultiDict
 from gateway.access_log import AccessLog
 from gateway.caller import Answer, AnswerStream, IncomingRequest, RequestBody, problem_answer
 from gateway.errors import (
+    CLIENT_CLOSED_REQUEST,
     BadRequest,
     CallerGone,
     CircuitOpen,
@@ -41,7 +42,6 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.exchange import (
-    CLIENT_CLOSED_REQUEST,
     Exchange,
     Observer,
     RequestIds,

@@ -42,16 +42,14 @@ from gateway.caller.framing import serialize_head, stream_framing, whole_answer
 from gateway.caller.heads import HeadReader
 from gateway.caller.limits import LINGER_SECONDS, REFUSAL_LINGER_SECONDS
 from gateway.caller.messages import (
-    CLIENT_CLOSED_REQUEST,
     Answer,
     AnswerStream,
     IncomingRequest,
-    RequestBody,
 )
 from gateway.caller.outbox import Outbox
 from gateway.caller.phases import Phase, PhaseClock
 from gateway.caller.refusals import new_request_id, problem_answer, refuse_head
-from gateway.errors import GatewayError, RequestTimeout
+from gateway.errors import CLIENT_CLOSED_REQUEST, GatewayError, RequestTimeout
 
 if TYPE_CHECKING:
     from gateway.caller.listener import ProxyListener
@@ -281,12 +279,12 @@ class ProxyConnection(asyncio.Protocol):
 
     # -- body flow control (RequestBody calls these) --------------------------------------------
 
-    def body_full(self, body: RequestBody) -> None:
+    def body_full(self) -> None:
         if not self._body_paused:
             self._body_paused = True
             self._update_reading()
 
-    def body_drained(self, body: RequestBody) -> None:
+    def body_drained(self) -> None:
         if self._body_paused:
             self._body_paused = False
             self._update_reading()

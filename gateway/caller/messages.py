@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 # Body bytes buffered for a handler that is not reading before the caller is paused.
 HIGH_WATER = 65536
 LOW_WATER = 16384
-# The log's word for a caller that left: never written on the wire.
-CLIENT_CLOSED_REQUEST = 499
 
 
 class Answer:
@@ -72,7 +70,7 @@ class RequestBody:
         self._chunks.append(data)
         self._size += len(data)
         if self._size > HIGH_WATER:
-            self._conn.body_full(self)
+            self._conn.body_full()
         self._wake()
 
     def feed_eof(self) -> None:
@@ -120,7 +118,7 @@ class RequestBody:
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
         if self._size <= LOW_WATER:
-            self._conn.body_drained(self)
+            self._conn.body_drained()
         return chunk
 
     async def read(self) -> bytes:
@@ -174,7 +172,6 @@ class IncomingRequest:
     __slots__ = (
         "_conn",
         "body",
-        "chunked",
         "content_length",
         "headers",
         "keep_alive",
@@ -201,7 +198,6 @@ class IncomingRequest:
         self.version = version
         self.headers = headers
         self.content_length = content_length
-        self.chunked = chunked
         self.keep_alive = keep_alive
         self.sent = False  # the answer's head is written
         self.body: RequestBody | None = (
