@@ -23,16 +23,14 @@ early for a practice failing most of its requests, never towards more attempts).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
 from gateway.exact_api import PRACTICE_ID
+from gateway.fleet.backlog import Backlog
 from gateway.fleet.redis_link import Operation, RedisLink
 
 log = logging.getLogger("gateway.fleet.failure_streaks")
@@ -59,20 +57,18 @@ class FailureStreaks:
         self.threshold = threshold
         self._ttl_ms = max(1, math.ceil(window * 1000))
         self._on_threshold = on_threshold
-        self._pending_max = pending_max
-        self._pending: set[asyncio.Task[None]] = set()
+        self._backlog = Backlog(pending_max)
         self.counted = 0  # increments Redis answered
-        self.dropped = 0  # updates not sent: too many under way
 
     def failed(self, practice_id: str, status: int) -> None:
         """EXACT answered ``status`` (503/504) for the practice: count it fleet-wide."""
         if PRACTICE_ID.fullmatch(practice_id):
-            self._later(self._count(practice_id.upper(), status))
+            self._backlog.send(self._count(practice_id.upper(), status))
 
     def broken(self, practice_id: str) -> None:
         """The practice answered (or its breaker closed): the streak starts again."""
         if PRACTICE_ID.fullmatch(practice_id):
-            self._later(self._reset(practice_id.upper()))
+            self._backlog.send(self._reset(practice_id.upper()))
 
     async def count(self, practice_id: str) -> int | None:
         """The fleet's count now (for ``/status`` and tests); None if Redis is away."""
@@ -114,18 +110,11 @@ class FailureStreaks:
 
         await self._link.call(Operation.FAILURE_COUNT, delete, None)
 
-    def _later(self, update: Coroutine[Any, Any, None]) -> None:
-        if len(self._pending) >= self._pending_max:
-            update.close()
-            self.dropped += 1
-            return
-        task = asyncio.ensure_future(update)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    @property
+    def dropped(self) -> int:
+        """Updates not sent: too many under way."""
+        return self._backlog.dropped
 
     async def close(self) -> None:
         """Let the updates under way finish (each is bounded by the link's time-out)."""
-        pending = list(self._pending)
-        if pending:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*pending, return_exceptions=True)
+        await self._backlog.close()

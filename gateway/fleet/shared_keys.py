@@ -21,11 +21,10 @@ without Redis does, and then with the fleet's records in Redis
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from http import HTTPStatus
 
 from gateway.errors import IdempotencyKeyInUse, IdempotencyKeyMismatch
+from gateway.fleet.backlog import Backlog
 from gateway.fleet.idempotency_records import ClaimOutcome, IdempotencyRecords
 from gateway.idempotency import Claim, IdempotencyStore, StoredAnswer
 
@@ -42,8 +41,7 @@ class SharedKeys:
         self._records = records
         self.max_response_bytes = local.max_response_bytes
         self._shared: set[Claim] = set()  # claims this replica also holds in Redis
-        self._pending: set[asyncio.Task[bool]] = set()
-        self.dropped_updates = 0
+        self._backlog = Backlog(_PENDING_MAX)
 
     async def claim(self, key: str, print_: str) -> Claim | StoredAnswer:
         local = self._local.begin(key, print_)
@@ -73,30 +71,17 @@ class SharedKeys:
         self._local.complete(claim, answer)
         if claim in self._shared:
             self._shared.discard(claim)
-            self._later(self._records.complete(claim.key, claim.fingerprint, answer.status))
+            self._backlog.send(self._records.complete(claim.key, claim.fingerprint, answer.status))
 
     def release(self, claim: Claim) -> None:
         self._local.release(claim)
         if claim in self._shared:
             self._shared.discard(claim)
-            self._later(self._records.release(claim.key, claim.fingerprint))
-
-    def _later(self, update: object) -> None:
-        assert asyncio.iscoroutine(update)  # noqa: S101 - both callers pass a coroutine
-        if len(self._pending) >= _PENDING_MAX:
-            update.close()
-            self.dropped_updates += 1
-            return
-        task: asyncio.Task[bool] = asyncio.ensure_future(update)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+            self._backlog.send(self._records.release(claim.key, claim.fingerprint))
 
     async def close(self) -> None:
         """Let the updates under way finish (each is bounded by the link's time-out)."""
-        pending = list(self._pending)
-        if pending:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*pending, return_exceptions=True)
+        await self._backlog.close()
 
 
 def _status_only(status: int) -> StoredAnswer:
