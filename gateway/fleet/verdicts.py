@@ -144,27 +144,26 @@ class Verdicts:
         ttl_ms = math.ceil((until - self._clock()) * 1000)
         if ttl_ms <= 0 or not PRACTICE_ID.fullmatch(practice_id):
             return False
-        body = self._encode(practice_id, until, VerdictCause(cause).value)
-
-        async def send(client: Redis) -> bool:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.set(self._key_prefix + practice_id.upper(), body, px=ttl_ms)
-                pipe.publish(self.channel, body)
-                await pipe.execute()
-            return True
-
-        sent = await self._link.call(Operation.VERDICT_PUBLISH, send, False)
-        self.published += sent
-        return sent
+        return await self._publish(
+            practice_id, self._encode(practice_id, until, VerdictCause(cause).value), ttl_ms
+        )
 
     async def publish_closed(self, practice_id: str) -> bool:
         if not PRACTICE_ID.fullmatch(practice_id):
             return False
-        body = self._encode(practice_id, None, None)
+        return await self._publish(practice_id, self._encode(practice_id, None, None), None)
+
+    async def _publish(self, practice_id: str, body: bytes, ttl_ms: int | None) -> bool:
+        """Store the verdict (for ``ttl_ms``; None: the practice is closed, so forget it)
+        and announce it, in one round trip."""
+        key = self._key_prefix + practice_id.upper()
 
         async def send(client: Redis) -> bool:
             async with client.pipeline(transaction=False) as pipe:
-                pipe.delete(self._key_prefix + practice_id.upper())
+                if ttl_ms is None:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, body, px=ttl_ms)
                 pipe.publish(self.channel, body)
                 await pipe.execute()
             return True
