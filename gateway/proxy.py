@@ -30,7 +30,14 @@ from collections.abc import AsyncIterator
 from multidict import CIMultiDict
 
 from gateway.access_log import AccessLog
-from gateway.caller import Answer, AnswerStream, IncomingRequest, RequestBody, problem_answer
+from gateway.caller import (
+    NO_BODY_STATUSES,
+    Answer,
+    AnswerStream,
+    IncomingRequest,
+    RequestBody,
+    problem_answer,
+)
 from gateway.errors import (
     CLIENT_CLOSED_REQUEST,
     BadRequest,
@@ -90,8 +97,6 @@ def deadline_for(header: str | None, default: float) -> float:
     return min(asked, default)
 
 
-# Statuses whose answers never have a body: streamed as they are (the connection knows them).
-_NO_BODY = frozenset({204, 304})
 # A failed answer kept across a retry's wait, in case the retry is refused (bounded).
 RETAINED_ANSWER_BYTES = 65536
 
@@ -511,7 +516,7 @@ class Proxy:
             if self._practices is not None
             else None,
         )
-        if request.method != "HEAD" and status not in _NO_BODY:
+        if request.method != "HEAD" and status not in NO_BODY_STATUSES:
             body = upstream.complete_body()
             if body is not None:
                 # The fast path: the whole answer is in. Its connection goes back to the pool

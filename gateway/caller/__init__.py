@@ -27,6 +27,7 @@ bounds:
 It may import :mod:`gateway.errors`, aiohttp and httptools, nothing else of ours.
 """
 
+from gateway.caller.framing import NO_BODY_STATUSES
 from gateway.caller.limits import CallerLimits, connection_cap
 from gateway.caller.listener import ProxyListener
 from gateway.caller.messages import Answer, AnswerStream, IncomingRequest, RequestBody
@@ -35,6 +36,7 @@ from gateway.caller.request import on_response_prepare
 from gateway.caller.server import Listener
 
 __all__ = [
+    "NO_BODY_STATUSES",
     "Answer",
     "AnswerStream",
     "CallerLimits",
