@@ -163,8 +163,9 @@ class HeadReader:
             encoding is not None,
             parser.should_keep_alive(),
         )
+        if not self._conn.head_ready(request):
+            raise _Refused  # the connection takes no more: stop parsing here
         self.parsing = request
-        self._conn.head_ready(request)
 
     def on_body(self, data: bytes) -> None:
         request = self.parsing

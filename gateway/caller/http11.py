@@ -21,9 +21,10 @@ still possible and is logged as 499 otherwise (:attr:`ProxyConnection.cut_off` t
 handler). ``Expect: 100-continue`` is answered when the handler first wants the body; a
 request answered without its body has the rest read and dropped (for ``LINGER_SECONDS`` at
 most) so the connection carries the next request, or is closed if the caller still waits
-for a 100. Pipelined requests are queued (reading pauses while any wait) and answered in
-order; a caller that half-closes after sending them still gets every answer. Refusals made
-before a head is complete are the contract's problem+json, quoting nothing the caller sent.
+for a 100. Pipelined requests are queued (reading pauses while any wait, and at most
+``MAX_PIPELINED`` are taken) and answered in order; a caller that half-closes after sending
+them still gets every answer. Refusals made before a head is complete are the contract's
+problem+json, quoting nothing the caller sent.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from multidict import CIMultiDict
 
 from gateway.caller.framing import serialize_head, stream_framing, whole_answer
 from gateway.caller.heads import HeadReader
-from gateway.caller.limits import LINGER_SECONDS, REFUSAL_LINGER_SECONDS
+from gateway.caller.limits import LINGER_SECONDS, MAX_PIPELINED, REFUSAL_LINGER_SECONDS
 from gateway.caller.messages import (
     Answer,
     AnswerStream,
@@ -74,7 +75,9 @@ class ProxyConnection(asyncio.Protocol):
         self._deaf = False  # further bytes are ignored: refused, cut off, or unparseable
         self._close_after = False  # the current answer is the connection's last
         self._closed = False
-        self._caller_done = False  # the caller half-closed: nothing more will arrive
+        # No request beyond those taken: the caller half-closed, or pipelined past the bound.
+        # Those taken are answered, the last with Connection: close, then it closes.
+        self._no_more_requests = False
         # The request being answered, and those queued behind it.
         self._active: IncomingRequest | None = None
         self._queue: deque[IncomingRequest] = deque()
@@ -92,6 +95,11 @@ class ProxyConnection(asyncio.Protocol):
     @property
     def transport(self) -> asyncio.Transport | None:
         return self._transport
+
+    @property
+    def queued(self) -> int:
+        """Complete requests waiting behind the one being answered."""
+        return len(self._queue)
 
     @property
     def busy(self) -> bool:
@@ -139,7 +147,7 @@ class ProxyConnection(asyncio.Protocol):
         """The caller shut its sending side: requests it sent in full are still answered
         (they may have reached EXACT already), then the connection closes; anything else
         (nothing sent, a head or body cut short) closes it now."""
-        self._caller_done = True
+        self._no_more_requests = True
         if self._active is None or self._heads.in_head or self._heads.parsing is not None:
             return None
         return True
@@ -171,15 +179,21 @@ class ProxyConnection(asyncio.Protocol):
         elif self._heads.in_head and clock.phase is Phase.HEAD and not clock.armed:
             clock.push(self._limits.head_timeout)
 
-    def head_ready(self, request: IncomingRequest) -> None:
-        """A complete head (the HeadReader's word)."""
+    def head_ready(self, request: IncomingRequest) -> bool:
+        """A complete head (the HeadReader's word); False: no more are taken (parsing
+        stops, and the connection closes once those taken are answered)."""
         if self._active is None:
             self._activate(request)
-        else:
-            # Pipelined behind a request being answered: queued and answered in turn;
-            # reading pauses while any wait.
-            self._queue.append(request)
-            self._update_reading()
+            return True
+        if len(self._queue) >= MAX_PIPELINED:
+            self._deaf = True
+            self._no_more_requests = True
+            return False
+        # Pipelined behind a request being answered: queued and answered in turn; reading
+        # pauses while any wait.
+        self._queue.append(request)
+        self._update_reading()
+        return True
 
     def message_done(self, request: IncomingRequest) -> None:
         """A request's body is complete (the HeadReader's word)."""
@@ -264,7 +278,7 @@ class ProxyConnection(asyncio.Protocol):
             self._update_reading()
             self._activate(request)
             return
-        if self._caller_done:
+        if self._no_more_requests:
             self._close()  # every request the caller sent in full has its answer
             return
         if self._heads.in_head:
@@ -322,7 +336,7 @@ class ProxyConnection(asyncio.Protocol):
             or self._listener.draining
             or self.cut_off is not None
             or self._awaiting_continue
-            or (self._caller_done and not self._queue)
+            or (self._no_more_requests and not self._queue)
         ):
             self._close_after = True
             return own + "Connection: close\r\n"
@@ -390,9 +404,10 @@ class ProxyConnection(asyncio.Protocol):
             # Broken mid-body (a bad chunk): the handler's next read says so.
             parsing.body.set_exception(error)
         if self._active is not None:
-            # No answer can be written in order ahead of the one in progress: it is the last.
+            # No answer can be written in order ahead of those taken: they are answered, the
+            # last with Connection: close, and nothing after them is read.
             self._deaf = True
-            self._close_after = True
+            self._no_more_requests = True
             return
         self._refuse(error)
 

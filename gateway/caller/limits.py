@@ -14,6 +14,12 @@ from dataclasses import dataclass
 # field never needs more, and the total is bounded by max_head_bytes anyway.
 MAX_FIELD_BYTES = 8190
 MAX_HEADERS = 128
+# Complete requests a connection may have waiting behind the one being answered. llhttp
+# parses a whole read (up to 256 KiB) at once, which could hold thousands of tiny pipelined
+# requests as objects; past this bound parsing stops, those waiting are answered and the
+# connection closes (a pipelining client retries what was not answered). Browsers and HTTP
+# libraries pipeline a handful at most, if at all.
+MAX_PIPELINED = 64
 # How long aiohttp keeps reading (and discarding) a body the handler did not want, so the
 # caller can read the answer before the connection closes; the body-idle limit still applies.
 LINGER_SECONDS = 5.0

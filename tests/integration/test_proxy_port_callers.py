@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Gateway
+from gateway.caller.limits import MAX_PIPELINED
 from gateway.caller.phases import Phase
 from tests.fakes import ScriptedUpstream, wait_until
 from tests.integration.test_caller_edge import PATIENCE, answered
@@ -67,6 +68,54 @@ async def test_pipelined_requests_are_answered_in_order_behind_a_slow_one(
         assert reply.header("connection") is None  # still kept alive
     assert seen_targets(upstream) == paths
     writer.close()
+
+
+async def test_a_pipeline_deeper_than_the_bound_is_cut_after_the_bound(
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream
+) -> None:
+    """2,000 tiny requests in one go (36 KiB) would otherwise become 2,000 queued request
+    objects per connection, times a thousand connections. Past MAX_PIPELINED waiting behind
+    the one in progress, parsing stops: those queued are answered in order, then the
+    connection closes, and no request beyond them reaches EXACT (a pipelining client retries
+    the unanswered ones, RFC 9112 section 9.3.2)."""
+    gate = asyncio.Event()
+
+    async def first_is_slow(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/slow"):
+            await gate.wait()
+        return await echo(request)
+
+    upstream.handler = first_is_slow
+    paths = [f"{PRACTICE}/slow"] + [f"{PRACTICE}/p{index}" for index in range(1, 2000)]
+    reader, writer = await connect(gateway)
+    writer.write(b"".join(get(path) for path in paths))
+
+    async def slow_one_arrived() -> bool:
+        return seen_targets(upstream) == paths[:1]
+
+    await wait_until(slow_one_arrived, PATIENCE)
+    (connection,) = gateway.listener.connections
+    assert connection.queued <= MAX_PIPELINED
+    gate.set()
+    answered = 0
+    while (head := await closed_after_head(reader)) is not None:
+        reply = await read_reply(reader, head=head)
+        assert reply.body == f"GET {paths[answered]}\n".encode()
+        answered += 1
+    assert answered == MAX_PIPELINED + 1
+    assert reply.header("connection") == "close"
+    assert seen_targets(upstream) == paths[:answered]
+    await settled(gateway)
+
+
+async def closed_after_head(reader: asyncio.StreamReader) -> bytes | None:
+    """The next answer's head, or None once the gateway has closed the connection."""
+    try:
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    except asyncio.IncompleteReadError as end:
+        partial = end.partial
+    assert partial == b""  # closed between answers, never in the middle of one
+    return None
 
 
 async def test_a_pipelined_request_with_a_body_keeps_its_own_bytes(
