@@ -188,6 +188,8 @@ class ProxyConnection(asyncio.Protocol):
         if len(self._queue) >= MAX_PIPELINED:
             self._deaf = True
             self._no_more_requests = True
+            if self._task is None:
+                self._close()  # answered already, its unread body being dropped: done now
             return False
         # Pipelined behind a request being answered: queued and answered in turn; reading
         # pauses while any wait.
@@ -408,6 +410,8 @@ class ProxyConnection(asyncio.Protocol):
             # last with Connection: close, and nothing after them is read.
             self._deaf = True
             self._no_more_requests = True
+            if self._task is None:
+                self._close()  # answered already, its unread body being dropped: done now
             return
         self._refuse(error)
 

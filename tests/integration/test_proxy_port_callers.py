@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Gateway
-from gateway.caller.limits import MAX_PIPELINED
+from gateway.caller.limits import LINGER_SECONDS, MAX_PIPELINED
 from gateway.caller.phases import Phase
 from tests.fakes import ScriptedUpstream, wait_until
 from tests.integration.test_caller_edge import PATIENCE, answered
@@ -214,6 +214,30 @@ async def test_a_body_never_read_is_never_parsed_as_requests(
         assert (after.status, after.header("x-request-id")) == (200, "nx")
         assert after.body == f"GET {PRACTICE}/next\n".encode()
         assert seen_targets(upstream) == [f"{PRACTICE}/next"]
+
+
+async def test_a_broken_chunk_in_a_body_being_dropped_closes_the_connection_at_once(
+    gateway: Gateway, connect: Connect
+) -> None:
+    """A refused request's chunked body, read and dropped after the answer, turns out
+    malformed: nothing more can be read as HTTP, so the connection closes then, instead of
+    lingering for the rest of LINGER_SECONDS (the wait below is shorter than that, and
+    generous for a close on loopback)."""
+    reader, writer = await connect(gateway)
+    writer.write(
+        f"POST {PRACTICE}//details HTTP/1.1\r\nHost: x\r\n".encode()
+        + b"Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n"
+    )
+    reply = await read_reply(reader)
+    assert reply.status == 400
+    (connection,) = gateway.listener.connections
+    writer.write(b"zz\r\nnot a chunk\r\n")
+
+    async def closed() -> bool:
+        return connection not in gateway.listener.connections
+
+    await wait_until(closed, LINGER_SECONDS * 0.8)
+    assert await closed_after(reader) == b""
 
 
 # -- callers that leave --------------------------------------------------------------------------
