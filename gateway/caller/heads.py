@@ -143,6 +143,10 @@ class HeadReader:
         length = headers.get("Content-Length")
         encoding = headers.get("Transfer-Encoding")
         version = parser.get_http_version()
+        if version not in {"1.0", "1.1"}:
+            # llhttp reads "HTTP/2.0" (or 0.9) on a request line too; passed on, it would be
+            # spoken to EXACT as 1.1 on the caller's word that it means something else.
+            self._refuse(BadRequest("only HTTP/1.0 and HTTP/1.1 are spoken here"))
         if encoding is not None and (encoding.lower() != "chunked" or version != "1.1"):
             # llhttp takes any coding list that ends in chunked, and chunked in HTTP/1.0.
             # Only chunked alone is ours to undo: "gzip, chunked" would reach EXACT as gzip

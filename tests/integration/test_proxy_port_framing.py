@@ -395,3 +395,18 @@ async def test_exacts_server_field_is_dropped_and_each_answer_has_one_date(
     for reply in (whole, streamed, refused):
         assert len(reply.all("date")) == 1
         assert reply.all("server") == []
+
+
+@pytest.mark.parametrize("version", ["2.0", "0.9", "1.2", "3.0"])
+async def test_a_request_line_claiming_another_http_version_is_refused(
+    gateway: Gateway, connect: Connect, upstream: ScriptedUpstream, version: str
+) -> None:
+    """Only HTTP/1.0 and 1.1 are spoken: any other version on a request line is refused with
+    400 and the connection closed, never passed on to EXACT as 1.1."""
+    reader, writer = await connect(gateway)
+    writer.write(f"GET {PRACTICE}/details HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+    reply = await read_reply(reader)
+    assert reply.status == 400
+    reply.problem("bad_request")
+    assert await closed_after(reader) == b""
+    assert upstream.seen == []
